@@ -1,0 +1,1 @@
+"""The few lines of the BYOL train step that differ per Keras backend."""

@@ -1,0 +1,175 @@
+"""ResNet v1 encoders (18–200, width ×k, small-image stem, BatchNorm or GroupNorm + WS)."""
+
+import keras
+from keras import layers, ops
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# name → (block kind, blocks per stage); stages have 64, 128, 256, 512 (× width) channels.
+_ARCHITECTURES = {
+    "resnet18": ("basic", (2, 2, 2, 2)),
+    "resnet34": ("basic", (3, 4, 6, 3)),
+    "resnet50": ("bottleneck", (3, 4, 6, 3)),
+    "resnet101": ("bottleneck", (3, 4, 23, 3)),
+    "resnet152": ("bottleneck", (3, 8, 36, 3)),
+    "resnet200": ("bottleneck", (3, 24, 36, 3)),
+}
+_NORMS = ("batch", "group_ws")
+
+
+def _fan_in_truncated_normal():
+    """Haiku's default initializer (std 1/√fan_in, truncated), as in the official code."""
+    return keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
+
+
+@keras.saving.register_keras_serializable(package="keras_byol")
+class WSConv2D(layers.Conv2D):
+    """Conv2D with Weight Standardization: each output filter's kernel is standardized to
+    zero mean and unit variance over (kh, kw, c_in) before the convolution (Qiao et al.,
+    2019), as in "BYOL works even without batch statistics" (arXiv 2010.10241)."""
+
+    def __init__(self, *args, ws_epsilon=1e-5, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ws_epsilon = ws_epsilon
+
+    def convolution_op(self, inputs, kernel):
+        mean = ops.mean(kernel, axis=(0, 1, 2), keepdims=True)
+        var = ops.var(kernel, axis=(0, 1, 2), keepdims=True)
+        kernel = (kernel - mean) * ops.rsqrt(var + self.ws_epsilon)
+        return super().convolution_op(inputs, kernel)
+
+    def get_config(self):
+        return {**super().get_config(), "ws_epsilon": self.ws_epsilon}
+
+
+class _Builder:
+    """Holds the per-encoder choices (norm kind, groups) while the functional graph is built."""
+
+    def __init__(self, norm, groups, zero_init_residual, synchronized):
+        self.norm = norm
+        self.groups = groups
+        self.zero_init_residual = zero_init_residual
+        self.synchronized = synchronized
+
+    def conv(self, x, filters, kernel_size, strides, name):
+        conv_class = WSConv2D if self.norm == "group_ws" else layers.Conv2D
+        return conv_class(
+            filters,
+            kernel_size,
+            strides=strides,
+            padding="same",  # TF/Haiku 'SAME' (extra pad bottom/right), as the official code
+            use_bias=False,
+            kernel_initializer=_fan_in_truncated_normal(),
+            name=name,
+        )(x)
+
+    def normalize(self, x, name, zero_gamma=False):
+        gamma_init = "zeros" if zero_gamma and self.zero_init_residual else "ones"
+        if self.norm == "batch":
+            return layers.BatchNormalization(
+                momentum=0.9,
+                epsilon=1e-5,
+                gamma_initializer=gamma_init,
+                synchronized=self.synchronized,
+                name=name,
+            )(x)
+        channels = x.shape[-1]
+        return layers.GroupNormalization(
+            groups=min(self.groups, channels),
+            epsilon=1e-5,
+            gamma_initializer=gamma_init,
+            name=name,
+        )(x)
+
+    def conv_norm(self, x, filters, kernel_size, strides, name, relu=True, zero_gamma=False):
+        x = self.conv(x, filters, kernel_size, strides, name=f"{name}_conv")
+        x = self.normalize(x, name=f"{name}_norm", zero_gamma=zero_gamma)
+        return layers.ReLU(name=f"{name}_relu")(x) if relu else x
+
+    def block(self, x, kind, filters, strides, name):
+        """A post-activation (v1) residual block; bottlenecks stride in the 3×3 conv."""
+        out_channels = filters * (4 if kind == "bottleneck" else 1)
+        shortcut = x
+        if strides != 1 or x.shape[-1] != out_channels:
+            shortcut = self.conv_norm(x, out_channels, 1, strides, f"{name}_proj", relu=False)
+        if kind == "basic":
+            x = self.conv_norm(x, filters, 3, strides, f"{name}_a")
+            x = self.conv_norm(x, filters, 3, 1, f"{name}_b", relu=False, zero_gamma=True)
+        else:
+            x = self.conv_norm(x, filters, 1, 1, f"{name}_a")
+            x = self.conv_norm(x, filters, 3, strides, f"{name}_b")
+            x = self.conv_norm(x, out_channels, 1, 1, f"{name}_c", relu=False, zero_gamma=True)
+        x = layers.Add(name=f"{name}_add")([shortcut, x])
+        return layers.ReLU(name=f"{name}_out")(x)
+
+
+def resnet(
+    name,
+    input_shape,
+    small_images=False,
+    width=1,
+    norm="batch",
+    groups=32,
+    zero_init_residual=True,
+    synchronized_batchnorm=False,
+):
+    """A ResNet v1 encoder mapping images in [0, 1] to pooled features.
+
+    Args:
+        name: one of resnet18, resnet34, resnet50, resnet101, resnet152, resnet200.
+        input_shape: (H, W, 3) of the float images in [0, 1] (H, W may be None).
+        small_images: CIFAR-style stem (3×3 stride-1 conv, no max-pool) for ~32 px images;
+            otherwise the ImageNet stem (7×7 stride-2 conv, 3×3 stride-2 max-pool).
+        width: channel multiplier (1, 2, 4 in the paper).
+        norm: "batch" (BatchNorm, momentum 0.9, ε 1e-5) or "group_ws" (GroupNorm +
+            Weight Standardization, the BYOL-without-batch-statistics variant).
+        groups: GroupNorm groups (capped at the channel count); used with "group_ws".
+        zero_init_residual: start the last normalization γ of every residual branch at 0,
+            as Haiku's ResNet v1 (used by the official code) does.
+        synchronized_batchnorm: synchronize BatchNorm statistics across replicas under a
+            `tf.distribute` strategy.
+
+    Returns:
+        A functional `keras.Model` named `name`: (B, H, W, 3) float in [0, 1] →
+        (B, D) with D = 512·width (resnet18/34) or 2048·width (resnet50+). ImageNet
+        mean/std normalization is its first layer.
+
+    Example:
+        >>> encoder = resnet("resnet18", input_shape=(32, 32, 3), small_images=True)
+        >>> encoder(np.zeros((2, 32, 32, 3), "float32")).shape
+        (2, 512)
+    """
+    if name not in _ARCHITECTURES:
+        raise ValueError(f"Unknown encoder {name!r}; choose one of {sorted(_ARCHITECTURES)}.")
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(
+            f"ResNet encoders take RGB images of shape (H, W, 3); got input_shape={input_shape}. "
+            "Repeat grayscale images to 3 channels first."
+        )
+    if width < 1 or int(width) != width:
+        raise ValueError(f"width must be a positive integer, got {width}.")
+    kind, blocks_per_stage = _ARCHITECTURES[name]
+    builder = _Builder(norm, groups, zero_init_residual, synchronized_batchnorm)
+
+    images = keras.Input(shape=input_shape, name="images")
+    x = layers.Normalization(
+        mean=IMAGENET_MEAN,
+        variance=[s * s for s in IMAGENET_STD],
+        name="imagenet_normalization",
+    )(images)
+    if small_images:
+        x = builder.conv_norm(x, 64 * width, 3, 1, "stem")
+    else:
+        x = builder.conv_norm(x, 64 * width, 7, 2, "stem")
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for stage, num_blocks in enumerate(blocks_per_stage):
+        for block in range(num_blocks):
+            strides = 2 if stage > 0 and block == 0 else 1
+            x = builder.block(
+                x, kind, 64 * width * 2**stage, strides, name=f"stage{stage + 1}_block{block + 1}"
+            )
+    features = layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(images, features, name=name)

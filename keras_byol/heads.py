@@ -1,0 +1,58 @@
+"""The projector and predictor MLPs: Dense → BatchNorm → ReLU → Dense."""
+
+import keras
+from keras import layers
+
+
+@keras.saving.register_keras_serializable(package="keras_byol")
+class MLPHead(keras.layers.Layer):
+    """BYOL's projector g and predictor q: Dense(hidden) → BN → ReLU → Dense(output).
+
+    The output is not batch-normalized (as in the paper). BatchNorm uses momentum 0.9 and
+    ε 1e-5, like the encoder.
+
+    Args:
+        hidden_dim: width of the hidden layer (4096 in the paper).
+        output_dim: output width (256 in the paper).
+        synchronized_batchnorm: synchronize BatchNorm across `tf.distribute` replicas.
+
+    Input shape (B, D_in) → output shape (B, output_dim).
+
+    Example:
+        >>> projector = MLPHead(4096, 256)
+        >>> projector(np.zeros((2, 512), "float32")).shape
+        (2, 256)
+    """
+
+    def __init__(self, hidden_dim, output_dim, synchronized_batchnorm=False, **kwargs):
+        super().__init__(**kwargs)
+        self.hidden_dim = int(hidden_dim)
+        self.output_dim = int(output_dim)
+        self.synchronized_batchnorm = bool(synchronized_batchnorm)
+        init = keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
+        self.hidden = layers.Dense(self.hidden_dim, kernel_initializer=init, name="hidden")
+        self.norm = layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-5, synchronized=self.synchronized_batchnorm, name="norm"
+        )
+        self.out = layers.Dense(self.output_dim, kernel_initializer=init, name="output")
+
+    def build(self, input_shape):
+        self.hidden.build(input_shape)
+        self.norm.build((input_shape[0], self.hidden_dim))
+        self.out.build((input_shape[0], self.hidden_dim))
+
+    def call(self, inputs, training=None):
+        x = self.hidden(inputs)
+        x = self.norm(x, training=training)
+        return self.out(keras.ops.relu(x))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.output_dim)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "hidden_dim": self.hidden_dim,
+            "output_dim": self.output_dim,
+            "synchronized_batchnorm": self.synchronized_batchnorm,
+        }

@@ -1,0 +1,349 @@
+"""BYOL(keras.Model): online encoder + projector + predictor, a target copy, and the train step."""
+
+import inspect
+
+import keras
+from keras import ops
+
+from keras_byol.heads import MLPHead
+from keras_byol.losses import byol_loss
+from keras_byol.schedules import target_decay
+
+_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _input_shape_of(encoder):
+    """(H, W, C) of a functional/Sequential encoder, or a ValueError saying what to do."""
+    inputs = getattr(encoder, "inputs", None)
+    if not inputs or len(inputs) != 1:
+        raise ValueError(
+            "BYOL needs an encoder with one defined image input, such as a functional "
+            "keras.Model (e.g. keras_byol.encoders.resnet(...)); got "
+            f"{type(encoder).__name__} with inputs={inputs!r}."
+        )
+    return tuple(inputs[0].shape[1:])
+
+
+def _pooled_feature_dim(encoder):
+    """D of an encoder whose output is (B, D), or a ValueError naming the fix."""
+    outputs = getattr(encoder, "outputs", None)
+    shape = tuple(outputs[0].shape) if outputs and len(outputs) == 1 else None
+    if shape is None or len(shape) != 2 or shape[-1] is None:
+        raise ValueError(
+            "The BYOL encoder must return pooled features of shape (B, D); this one returns "
+            f"{shape}. End it with keras.layers.GlobalAveragePooling2D() (the ResNets of "
+            "keras_byol.encoders already do)."
+        )
+    return int(shape[-1])
+
+
+def _bind_fit_arguments(args, kwargs):
+    """keras.Model.fit's arguments by name, whether passed by position or keyword."""
+    signature = inspect.signature(keras.Model.fit)
+    bound = signature.bind(None, *args, **kwargs)
+    arguments = dict(bound.arguments)
+    arguments.pop("self", None)
+    arguments.update(arguments.pop("kwargs", {}))
+    return arguments
+
+
+@keras.saving.register_keras_serializable(package="keras_byol")
+class BYOL(keras.Model):
+    """Bootstrap Your Own Latent (Grill et al., 2020).
+
+    Online network: `encoder` f → `projector` g → `predictor` q (trained). Target
+    network: `target_encoder` f_ξ → `target_projector` g_ξ, an exact copy at the start,
+    then a Polyak average of the online weights after every optimizer step
+    (ξ ← τ·ξ + (1−τ)·θ, τ from `schedules.target_decay`). The target runs in training
+    mode: its BatchNorm uses batch statistics and keeps its own moving averages, which
+    are not averaged from the online ones.
+
+    `fit` takes a dataset of dicts `{"view1": (B, H, W, 3) float in [0, 1], "view2": …}`
+    (an extra `"label"` is ignored). A `callbacks.TargetUpdate` sets τ_base and the
+    number of steps K of the cosine τ schedule; `fit` adds `TargetUpdate(0.996)` when
+    none is given. Calling the model returns the online encoder's features.
+
+    Args:
+        encoder: a functional `keras.Model` from (B, H, W, 3) images to (B, D) features,
+            e.g. `keras_byol.encoders.resnet("resnet50", (224, 224, 3))`.
+        projection_dim: output width of projector and predictor (256 in the paper).
+        hidden_dim: hidden width of the projector (4096 in the paper).
+        predictor_hidden_dim: hidden width of the predictor; defaults to `hidden_dim`.
+        synchronized_batchnorm: synchronize the heads' BatchNorm across replicas.
+
+    Example:
+        >>> encoder = keras_byol.encoders.resnet("resnet18", (32, 32, 3), small_images=True)
+        >>> model = keras_byol.BYOL(encoder, projection_dim=256, hidden_dim=4096)
+        >>> model.compile(optimizer=keras_byol.optimizers.LARS(0.2, weight_decay=1.5e-6))
+        >>> model.fit(views, epochs=10, callbacks=[keras_byol.callbacks.TargetUpdate(0.996)])
+        >>> features = model.encoder(images)  # (B, D), the online encoder
+
+    Reference:
+        Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020, arXiv 2006.07733.
+    """
+
+    def __init__(
+        self,
+        encoder,
+        projection_dim=256,
+        hidden_dim=4096,
+        predictor_hidden_dim=None,
+        synchronized_batchnorm=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.image_shape = _input_shape_of(encoder)
+        feature_dim = _pooled_feature_dim(encoder)
+        self.projection_dim = int(projection_dim)
+        self.hidden_dim = int(hidden_dim)
+        self.predictor_hidden_dim = int(predictor_hidden_dim or hidden_dim)
+        self.synchronized_batchnorm = bool(synchronized_batchnorm)
+
+        self.encoder = encoder
+        self.projector = MLPHead(
+            self.hidden_dim, self.projection_dim, synchronized_batchnorm, name="projector"
+        )
+        self.predictor = MLPHead(
+            self.predictor_hidden_dim, self.projection_dim, synchronized_batchnorm, name="predictor"
+        )
+        self.projector.build((None, feature_dim))
+        self.predictor.build((None, self.projection_dim))
+
+        # The target is built here, not lazily in fit, so that it starts as an exact copy.
+        self.target_encoder = keras.models.clone_model(encoder)
+        self.target_projector = MLPHead.from_config(
+            {**self.projector.get_config(), "name": "target_projector"}
+        )
+        self.target_projector.build((None, feature_dim))
+        self._averaged_pairs = self._pair_target_with_online()
+        for target, online in zip(self.target_weights, self.online_ema_weights):
+            target.assign(online)
+        for target, online in zip(self.target_encoder.weights, self.encoder.weights):
+            target.assign(online)  # BN moving statistics start equal too, then diverge
+        self._freeze_target_variables()
+
+        # τ schedule state, set by callbacks.TargetUpdate; stored so it is saved and resumed.
+        self.base_tau = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(0.996), trainable=False,
+            name="base_tau", dtype="float32",
+        )
+        self.tau_total_steps = self.add_weight(
+            shape=(), initializer=keras.initializers.Constant(1), trainable=False,
+            name="tau_total_steps", dtype="int32",
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.projection_std_tracker = keras.metrics.Mean(name="projection_std")
+        self.built = True
+
+    # ----------------------------------------------------------------------------- state
+    def _pair_target_with_online(self):
+        """(target, online) parameter pairs for the Polyak average, matched by position.
+
+        Every variable that is trainable in the online encoder/projector is averaged
+        (conv/dense kernels and biases, BatchNorm γ and β); BatchNorm moving statistics
+        and other non-trainable state are not.
+        """
+        pairs = []
+        for target_net, online_net in (
+            (self.target_encoder, self.encoder),
+            (self.target_projector, self.projector),
+        ):
+            if len(target_net.weights) != len(online_net.weights):
+                raise ValueError(
+                    f"Could not copy {online_net.name}: the clone has "
+                    f"{len(target_net.weights)} weights, the original {len(online_net.weights)}."
+                )
+            for target, online in zip(target_net.weights, online_net.weights):
+                if tuple(target.shape) != tuple(online.shape):
+                    raise ValueError(
+                        f"Target/online weight mismatch: {target.path} {target.shape} vs "
+                        f"{online.path} {online.shape}."
+                    )
+                if online.trainable:
+                    pairs.append((target, online))
+        return pairs
+
+    @property
+    def target_weights(self):
+        """The target parameters that follow the online ones (same order as `online_ema_weights`)."""
+        return [target for target, _ in self._averaged_pairs]
+
+    @property
+    def online_ema_weights(self):
+        """The online encoder and projector parameters the target averages."""
+        return [online for _, online in self._averaged_pairs]
+
+    def _freeze_target_variables(self):
+        # The target layers stay `trainable` so that BatchNorm runs in training mode
+        # (batch statistics); only their variables are excluded from gradients.
+        for variable in self.target_encoder.weights + self.target_projector.weights:
+            variable.trainable = False
+
+    @property
+    def trainable(self):
+        return keras.Model.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value):
+        keras.Model.trainable.fset(self, value)
+        if hasattr(self, "target_projector"):
+            self._freeze_target_variables()
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.projection_std_tracker]
+
+    def set_target_schedule(self, base_tau, total_steps):
+        """Sets τ_base and K of the cosine τ schedule (callbacks.TargetUpdate calls this)."""
+        if not 0.0 <= base_tau <= 1.0:
+            raise ValueError(f"base_tau must be in [0, 1], got {base_tau}.")
+        if int(total_steps) < 1:
+            raise ValueError(
+                f"total_steps must be >= 1 for the τ schedule to be defined, got {total_steps}."
+            )
+        self.base_tau.assign(float(base_tau))
+        self.tau_total_steps.assign(int(total_steps))
+
+    def current_tau(self, step):
+        """τ for the update after optimizer step `step` (0-based), from the stored schedule."""
+        return target_decay(step, self.base_tau, self.tau_total_steps)
+
+    # ---------------------------------------------------------------------------- inputs
+    def unpack_views(self, data):
+        """(view1, view2) from a batch, or an error saying what the dataset should yield."""
+        if isinstance(data, (tuple, list)):
+            # train_on_batch and array inputs arrive as (x,) or (x, None, None).
+            if data and isinstance(data[0], dict) and all(d is None for d in data[1:]):
+                data = data[0]
+            else:
+                raise TypeError(
+                    "BYOL.fit expects batches that are dicts {'view1': images, 'view2': images} "
+                    f"(float32, (B, H, W, 3), values in [0, 1]); got a {type(data).__name__} of "
+                    f"{len(data)} elements. Map your dataset, e.g. "
+                    "ds.map(lambda v1, v2: {'view1': v1, 'view2': v2})."
+                )
+        if not isinstance(data, dict) or "view1" not in data or "view2" not in data:
+            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise TypeError(
+                "BYOL.fit expects batches that are dicts with keys 'view1' and 'view2'; got "
+                f"{keys}."
+            )
+        view1, view2 = data["view1"], data["view2"]
+        for name, view in (("view1", view1), ("view2", view2)):
+            dtype = keras.backend.standardize_dtype(view.dtype)
+            if dtype not in _FLOAT_DTYPES:
+                raise TypeError(
+                    f"BYOL {name} must be float images in [0, 1]; got dtype {dtype}. Convert "
+                    "with tf.image.convert_image_dtype(images, tf.float32) or images / 255."
+                )
+            if len(view.shape) != 4:
+                raise ValueError(
+                    f"BYOL {name} must have shape (B, H, W, C); got {tuple(view.shape)}."
+                )
+        shape1, shape2 = tuple(view1.shape[1:]), tuple(view2.shape[1:])
+        if any(a is not None and b is not None and a != b for a, b in zip(shape1, shape2)):
+            raise ValueError(
+                f"BYOL views must have the same shape; got view1 {shape1} and view2 {shape2}. "
+                "Resize both views to one image_size."
+            )
+        expected = self.image_shape
+        if any(e is not None and s is not None and e != s for e, s in zip(expected, shape1)):
+            raise ValueError(
+                f"BYOL views of shape {shape1} do not fit the encoder's input {expected}."
+            )
+        return view1, view2
+
+    # --------------------------------------------------------------------------- forward
+    def call(self, inputs, training=False):
+        """Online encoder features (B, D) of images, or of the dict's "view1"."""
+        if isinstance(inputs, dict):
+            inputs = inputs["view1"] if "view1" in inputs else inputs["images"]
+        return self.encoder(inputs, training=training)
+
+    def online_forward(self, view, training=True):
+        """(projection z, prediction p) of the online network, each (B, projection_dim)."""
+        projection = self.projector(self.encoder(view, training=training), training=training)
+        return projection, self.predictor(projection, training=training)
+
+    def target_forward(self, view):
+        """Target projection z′ (B, projection_dim), in training mode as the paper does."""
+        return self.target_projector(self.target_encoder(view, training=True), training=True)
+
+    def compute_byol_loss(self, view1, view2):
+        """(loss, online projection of view 1): each view in its own call (per-view BN)."""
+        z1, p1 = self.online_forward(view1)
+        z2, p2 = self.online_forward(view2)
+        target_z1 = self.target_forward(view1)
+        target_z2 = self.target_forward(view2)
+        return byol_loss(p1, p2, target_z1, target_z2), z1
+
+    def polyak_update(self, tau):
+        """ξ ← τ·ξ + (1 − τ)·θ for every averaged parameter (runs inside the compiled step)."""
+        one_minus_tau = 1.0 - tau
+        for target, online in self._averaged_pairs:
+            target.assign_sub(one_minus_tau * (target - online))
+
+    def update_metrics(self, loss, projection):
+        """Updates the loss and collapse (std of normalized projections) trackers."""
+        projection = ops.cast(projection, "float32")
+        normalized = projection / ops.maximum(
+            ops.norm(projection, axis=-1, keepdims=True), 1e-12
+        )
+        self.loss_tracker.update_state(loss)
+        self.projection_std_tracker.update_state(ops.mean(ops.std(normalized, axis=0)))
+        return {m.name: m.result() for m in self.metrics}
+
+    # -------------------------------------------------------------------------- training
+    def train_step(self, *args):
+        backend = keras.backend.backend()
+        if backend == "tensorflow":
+            from keras_byol.backends import tensorflow as backend_step
+        else:
+            raise NotImplementedError(
+                f"keras_byol's train step supports the TensorFlow backend; got {backend!r}."
+            )
+        return backend_step.train_step(self, *args)
+
+    def _check_compiled_for_byol(self):
+        # compile() itself is not overridden: Keras then skips compile_from_config on
+        # load and the optimizer state (and with it the τ position) would be lost.
+        if getattr(self, "optimizer", None) is None:
+            raise ValueError("Call model.compile(optimizer=...) before fit.")
+        if getattr(self.optimizer, "gradient_accumulation_steps", None):
+            raise ValueError(
+                "BYOL does not support the optimizer's gradient_accumulation_steps: the target "
+                "update and its τ schedule follow applied optimizer steps. Use a larger batch."
+            )
+        if getattr(self, "loss", None) is not None:
+            raise ValueError("BYOL computes its own loss; do not pass loss= to compile.")
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`, adding `callbacks.TargetUpdate()` when none is given."""
+        from keras_byol.callbacks import TargetUpdate
+
+        self._check_compiled_for_byol()
+        arguments = _bind_fit_arguments(args, kwargs)
+        callbacks = list(arguments.get("callbacks") or [])
+        if not any(isinstance(callback, TargetUpdate) for callback in callbacks):
+            callbacks.append(TargetUpdate())
+        arguments["callbacks"] = callbacks
+        return super().fit(**arguments)
+
+    # --------------------------------------------------------------------- serialization
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "encoder": keras.saving.serialize_keras_object(self.encoder),
+            "projection_dim": self.projection_dim,
+            "hidden_dim": self.hidden_dim,
+            "predictor_hidden_dim": self.predictor_hidden_dim,
+            "synchronized_batchnorm": self.synchronized_batchnorm,
+        }
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["encoder"] = keras.saving.deserialize_keras_object(
+            config["encoder"], custom_objects=custom_objects
+        )
+        return cls(**config)

@@ -1,0 +1,314 @@
+"""The BYOL model against the spec: copy at start, loss, gradients, exact Polyak replay."""
+
+import math
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import tiny_encoder, view_batches
+
+import keras_byol
+from keras_byol.callbacks import TargetUpdate
+
+BATCH = 4
+
+
+def _np_tau(k, base, total):
+    return 1 - (1 - base) * (math.cos(math.pi * min(k, total) / total) + 1) / 2
+
+
+def _model(seed=0, **kwargs):
+    keras.utils.set_random_seed(seed)
+    model = keras_byol.BYOL(tiny_encoder(), projection_dim=8, hidden_dim=16, **kwargs)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    return model
+
+
+def _dataset(num_images=24):
+    view1, view2 = view_batches(num_images)
+    return tf.data.Dataset.from_tensor_slices({"view1": view1, "view2": view2}).batch(BATCH)
+
+
+class _RecordOnline(keras.callbacks.Callback):
+    """Online parameters (the ones the target averages) after every optimizer step."""
+
+    def __init__(self):
+        super().__init__()
+        self.history = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.history.append([np.array(v) for v in self.model.online_ema_weights])
+
+
+def _replay(initial, history, taus):
+    """NumPy Polyak replay: ξ_{k+1} = τ_k ξ_k + (1 − τ_k) θ_{k+1}, ξ_0 = θ_0."""
+    target = [w.astype("float64") for w in initial]
+    for online, tau in zip(history, taus):
+        target = [tau * t + (1 - tau) * o for t, o in zip(target, online)]
+    return target
+
+
+def _assert_weights_close(actual, expected, atol=2e-6):
+    assert len(actual) == len(expected)
+    for a, e in zip(actual, expected):
+        np.testing.assert_allclose(np.asarray(a), e, atol=atol, rtol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def reference_run():
+    """A steps_per_execution=1 run with every online state recorded: 2 epochs × 6 steps."""
+    tf.config.experimental.enable_op_determinism()
+    model = _model()
+    initial = [np.array(v) for v in model.online_ema_weights]
+    recorder = _RecordOnline()
+    model.fit(_dataset(), epochs=2, verbose=0, callbacks=[TargetUpdate(0.9), recorder])
+    taus = [_np_tau(k, 0.9, 12) for k in range(12)]
+    return model, initial, recorder.history, _replay(initial, recorder.history, taus)
+
+
+def test_target_starts_as_exact_copy_and_is_not_trainable():
+    model = _model()
+    for target, online in zip(model.target_encoder.weights, model.encoder.weights):
+        np.testing.assert_array_equal(np.asarray(target), np.asarray(online))
+    for target, online in zip(model.target_projector.weights, model.projector.weights):
+        np.testing.assert_array_equal(np.asarray(target), np.asarray(online))
+    online_ids = {
+        id(v)
+        for part in (model.encoder, model.projector, model.predictor)
+        for v in part.trainable_variables
+    }
+    assert {id(v) for v in model.trainable_variables} == online_ids
+    assert not model.target_encoder.trainable_variables
+    # Setting .trainable on the whole model must not unfreeze the target.
+    model.trainable = True
+    assert {id(v) for v in model.trainable_variables} == online_ids
+    # Every encoder/projector parameter is averaged, BN γ/β included, BN moving stats not.
+    paths = [v.path for v in model.online_ema_weights]
+    assert any(p.endswith("bn/gamma") for p in paths) and any(p.endswith("bn/beta") for p in paths)
+    assert not any("moving" in p for p in paths)
+
+
+def test_train_step_loss_uses_target_in_training_mode():
+    model = _model()
+    view1, view2 = view_batches(BATCH)
+    _, p1 = model.online_forward(view1)
+    _, p2 = model.online_forward(view2)
+    z1 = model.target_projector(model.target_encoder(view1, training=True), training=True)
+    z2 = model.target_projector(model.target_encoder(view2, training=True), training=True)
+
+    def ell(p, z):
+        p, z = np.asarray(p, "float64"), np.asarray(z, "float64")
+        p /= np.linalg.norm(p, axis=1, keepdims=True)
+        z /= np.linalg.norm(z, axis=1, keepdims=True)
+        return np.sum((p - z) ** 2, axis=1)
+
+    expected = np.mean(ell(p1, z2) + ell(p2, z1))
+    # Inference-mode BN (moving stats 0/1) would give a different target projection.
+    z1_inference = model.target_projector(model.target_encoder(view1, training=False))
+    assert not np.allclose(np.asarray(z1_inference), np.asarray(z1), atol=1e-3)
+    logs = model.train_on_batch({"view1": view1, "view2": view2}, return_dict=True)
+    assert logs["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_gradients_reach_only_the_online_network():
+    model = _model()
+    before_online = [np.array(v) for v in model.trainable_variables]
+    before_target = [np.array(v) for v in model.target_weights]
+    model.fit(_dataset(8), epochs=1, verbose=0, callbacks=[TargetUpdate(base_tau=1.0)])
+    # τ = 1 throughout: the target can only have changed through gradients. It did not.
+    _assert_weights_close(model.target_weights, before_target, atol=0)
+    # Biases feeding a BatchNorm have a zero gradient in exact arithmetic; every kernel and
+    # every BN γ/β of encoder, projector and predictor must have moved.
+    for variable, before in zip(model.trainable_variables, before_online):
+        if not variable.path.endswith("bias"):
+            assert not np.allclose(np.asarray(variable), before), variable.path
+
+
+def test_polyak_update_matches_numpy_replay(reference_run):
+    model, _, history, expected = reference_run
+    assert len(history) == 12
+    assert int(model.optimizer.iterations) == 12
+    _assert_weights_close(model.target_weights, expected)
+    # Sanity: the target really moved away from both the initial and the online weights.
+    assert not np.allclose(np.asarray(model.target_weights[0]), history[-1][0], atol=1e-4)
+
+
+def test_polyak_update_skips_no_step_with_steps_per_execution(reference_run):
+    reference, _, _, expected = reference_run
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), steps_per_execution=3)
+    model.fit(_dataset(), epochs=2, verbose=0, callbacks=[TargetUpdate(0.9)])
+    _assert_weights_close(model.target_weights, expected)
+    _assert_weights_close(model.online_ema_weights, [np.asarray(v) for v in reference.online_ema_weights])
+
+
+def test_polyak_update_continues_after_keras_save_and_load(reference_run, tmp_path):
+    _, _, _, expected = reference_run
+    model = _model()
+    # Epoch 1 of 2, then save, load in a new object and run epoch 2: τ continues at k = 6.
+    model.fit(_dataset(), epochs=1, verbose=0, callbacks=[TargetUpdate(0.9, total_steps=12)])
+    model.save(tmp_path / "byol.keras")
+    loaded = keras.models.load_model(tmp_path / "byol.keras")
+    assert int(loaded.optimizer.iterations) == 6
+    loaded.fit(_dataset(), epochs=2, initial_epoch=1, verbose=0, callbacks=[TargetUpdate(0.9)])
+    _assert_weights_close(loaded.target_weights, expected)
+
+
+def test_polyak_update_follows_a_changed_total_steps():
+    model = _model()
+    initial = [np.array(v) for v in model.online_ema_weights]
+    recorder = _RecordOnline()
+    model.fit(_dataset(), epochs=1, verbose=0, callbacks=[TargetUpdate(0.8, 12), recorder])
+    model.fit(_dataset(), epochs=1, verbose=0, callbacks=[TargetUpdate(0.8, 30), recorder])
+    taus = [_np_tau(k, 0.8, 12) for k in range(6)] + [_np_tau(k, 0.8, 30) for k in range(6, 12)]
+    _assert_weights_close(model.target_weights, _replay(initial, recorder.history, taus))
+    assert int(model.tau_total_steps) == 30
+
+
+def test_target_batchnorm_keeps_its_own_moving_statistics():
+    """Target BN moving mean = replay of its own forward passes (training mode), not averaged."""
+    model = _model()
+    initial = [np.array(v) for v in model.online_ema_weights]
+    recorder = _RecordOnline()
+    model.fit(_dataset(12), epochs=1, verbose=0, callbacks=[TargetUpdate(0.5), recorder])
+    taus = [_np_tau(k, 0.5, 3) for k in range(3)]
+    paths = [v.path for v in model.online_ema_weights]
+    kernel_i = next(i for i, p in enumerate(paths) if p.endswith("conv/kernel"))
+    bias_i = next(i for i, p in enumerate(paths) if p.endswith("conv/bias"))
+    view1, view2 = view_batches(12)
+    moving_mean = np.zeros(8)
+    for step in range(3):
+        target = _replay(initial, recorder.history[:step], taus[:step])
+        kernel, bias = target[kernel_i].astype("float32"), target[bias_i].astype("float32")
+        for view in (view1, view2):  # the step runs the target on view 1, then on view 2
+            batch = view[step * BATCH : (step + 1) * BATCH]
+            conv = tf.nn.conv2d(batch, kernel, strides=1, padding="SAME") + bias
+            moving_mean = 0.9 * moving_mean + 0.1 * np.mean(np.asarray(conv), axis=(0, 1, 2))
+    target_bn = model.target_encoder.get_layer("bn")
+    np.testing.assert_allclose(np.asarray(target_bn.moving_mean), moving_mean, rtol=1e-4, atol=1e-6)
+    online_bn = model.encoder.get_layer("bn")
+    assert not np.allclose(np.asarray(online_bn.moving_mean), moving_mean, atol=1e-5)
+
+
+def test_update_runs_inside_the_compiled_train_function():
+    """The Python update runs only while Keras traces the step, not once per step."""
+    model = _model()
+    calls = []
+    traced_update = model.polyak_update
+
+    def counting_update(tau):
+        calls.append(tau)
+        return traced_update(tau)
+
+    model.polyak_update = counting_update
+    model.fit(_dataset(24), epochs=3, verbose=0)  # 18 optimizer steps
+    assert int(model.optimizer.iterations) == 18
+    assert 1 <= len(calls) <= 2, f"update ran {len(calls)} times in Python: not compiled"
+    assert all(isinstance(tau, tf.Tensor) for tau in calls)
+
+
+def test_fit_adds_default_target_update():
+    model = _model()
+    history = model.fit(_dataset(8), epochs=2, verbose=0)
+    assert float(model.base_tau) == pytest.approx(0.996)
+    assert int(model.tau_total_steps) == 4
+    assert history.history["tau"][-1] == pytest.approx(_np_tau(3, 0.996, 4), abs=1e-6)
+
+
+def test_saved_model_continues_training_identically(tmp_path):
+    model = _model()
+    model.fit(_dataset(8), epochs=1, verbose=0, callbacks=[TargetUpdate(0.9, 6)])
+    model.save(tmp_path / "byol.keras")
+    loaded = keras.models.load_model(tmp_path / "byol.keras")
+    assert isinstance(loaded, keras_byol.BYOL)
+    _assert_weights_close(loaded.weights, [np.asarray(v) for v in model.weights], atol=0)
+    for m in (model, loaded):
+        m.fit(_dataset(8), epochs=3, initial_epoch=1, verbose=0, callbacks=[TargetUpdate(0.9, 6)])
+    _assert_weights_close(loaded.weights, [np.asarray(v) for v in model.weights], atol=1e-6)
+    assert len(loaded.optimizer.variables) == len(model.optimizer.variables)
+
+
+def test_get_config_roundtrip():
+    model = _model()
+    clone = keras_byol.BYOL.from_config(model.get_config())
+    assert clone.projection_dim == 8 and clone.hidden_dim == 16
+    assert [tuple(v.shape) for v in clone.weights] == [tuple(v.shape) for v in model.weights]
+    images = view_batches(2)[0]
+    assert clone(images).shape == (2, 8)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_without_nan(policy):
+    keras.config.set_dtype_policy(policy)
+    model = _model()
+    loss, _ = model.compute_byol_loss(*view_batches(BATCH))
+    assert keras.backend.standardize_dtype(loss.dtype) == "float32"
+    history = model.fit(_dataset(8), epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert all(keras.backend.standardize_dtype(v.dtype) == "float32" for v in model.target_weights)
+
+
+# ------------------------------------------------------------------------------ bad input
+def test_views_of_different_shapes_are_rejected():
+    model = _model()
+    view1 = np.zeros((4, 16, 16, 3), "float32")
+    view2 = np.zeros((4, 12, 12, 3), "float32")
+    with pytest.raises(ValueError, match="same shape"):
+        model.train_on_batch({"view1": view1, "view2": view2})
+
+
+def test_non_float_views_are_rejected():
+    model = _model()
+    views = np.zeros((4, 16, 16, 3), "uint8")
+    with pytest.raises(TypeError, match="float images"):
+        model.train_on_batch({"view1": views, "view2": views})
+
+
+def test_tuple_dataset_is_rejected_with_the_fix():
+    model = _model()
+    view1, view2 = view_batches(8)
+    ds = tf.data.Dataset.from_tensor_slices((view1, view2)).batch(BATCH)
+    with pytest.raises(TypeError, match="view1"):
+        model.fit(ds, epochs=1, verbose=0)
+
+
+def test_encoder_without_pooled_output_is_rejected():
+    images = keras.Input((16, 16, 3))
+    feature_map = keras.layers.Conv2D(4, 3)(images)
+    with pytest.raises(ValueError, match="GlobalAveragePooling2D"):
+        keras_byol.BYOL(keras.Model(images, feature_map))
+
+
+def test_unknown_length_dataset_needs_total_steps():
+    model = _model()
+    ds = _dataset(8).filter(lambda batch: True)  # cardinality unknown
+    with pytest.raises(ValueError, match="total_steps"):
+        model.fit(ds, epochs=1, verbose=0)
+    history = model.fit(ds, epochs=1, verbose=0, callbacks=[TargetUpdate(0.99, total_steps=2)])
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_steps_per_execution_beyond_total_steps_is_rejected():
+    model = _model()
+    model.compile(optimizer="sgd", steps_per_execution=10)
+    with pytest.raises(ValueError, match="steps_per_execution"):
+        model.fit(_dataset(8), epochs=1, verbose=0)
+
+
+def test_bad_tau_settings_are_rejected():
+    with pytest.raises(ValueError, match="total_steps"):
+        TargetUpdate(0.99, total_steps=0)
+    with pytest.raises(ValueError, match="base_tau"):
+        TargetUpdate(1.5)
+    with pytest.raises(ValueError, match="total_steps"):
+        _model().set_target_schedule(0.99, 0)
+
+
+def test_fit_before_compile_and_with_loss_are_rejected():
+    model = keras_byol.BYOL(tiny_encoder(), projection_dim=8, hidden_dim=16)
+    with pytest.raises(ValueError, match="compile"):
+        model.fit(_dataset(8), epochs=1, verbose=0)
+    model.compile(optimizer="sgd", loss="mse")
+    with pytest.raises(ValueError, match="own loss"):
+        model.fit(_dataset(8), epochs=1, verbose=0)
