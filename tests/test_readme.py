@@ -1,0 +1,34 @@
+"""The README's example runs as written."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python_blocks():
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_readme_has_one_example_of_few_lines():
+    blocks = _python_blocks()
+    assert len(blocks) == 1
+    assert "keras_byol.BYOL(" in blocks[0] and "model.fit(" in blocks[0]
+
+
+@pytest.mark.slow
+def test_readme_example_runs_as_written(tmp_path):
+    script = tmp_path / "example.py"
+    script.write_text(_python_blocks()[0])
+    result = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(8, 512)" in result.stdout
+    assert "loss:" in result.stdout and "projection_std:" in result.stdout
