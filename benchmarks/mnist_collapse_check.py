@@ -43,7 +43,10 @@ def simple_views(image, seed):
         crop = tf.image.stateless_random_flip_left_right(crop, seed=s2)
         return tf.clip_by_value(tf.image.stateless_random_brightness(crop, 0.4, seed=s3), 0, 1)
 
-    return {"view1": view(seeds[0], seeds[1], seeds[2]), "view2": view(seeds[3], seeds[4], seeds[5])}
+    return {
+        "view1": view(seeds[0], seeds[1], seeds[2]),
+        "view2": view(seeds[3], seeds[4], seeds[5]),
+    }
 
 
 def views_dataset(images, batch_size, seed=0):
@@ -83,12 +86,24 @@ def main():
         callbacks=[keras_byol.callbacks.TargetUpdate(base_tau=0.99)],
     )
     for epoch in range(args.epochs):
-        print(json.dumps({"epoch": epoch + 1, **{k: round(v[epoch], 4) for k, v in history.history.items()}}))
-    print(json.dumps({
-        "what": "byol_mnist_collapse_check", "epochs": args.epochs, "train_s": round(time.time() - start, 1),
-        "healthy_projection_std": round(1 / np.sqrt(64), 4), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "tensorflow": tf.__version__, "keras": keras.__version__,
-    }))
+        print(
+            json.dumps(
+                {"epoch": epoch + 1, **{k: round(v[epoch], 4) for k, v in history.history.items()}}
+            )
+        )
+    print(
+        json.dumps(
+            {
+                "what": "byol_mnist_collapse_check",
+                "epochs": args.epochs,
+                "train_s": round(time.time() - start, 1),
+                "healthy_projection_std": round(1 / np.sqrt(64), 4),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

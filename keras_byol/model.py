@@ -124,12 +124,18 @@ class BYOL(keras.Model):
 
         # τ schedule state, set by callbacks.TargetUpdate; stored so it is saved and resumed.
         self.base_tau = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(0.996), trainable=False,
-            name="base_tau", dtype="float32",
+            shape=(),
+            initializer=keras.initializers.Constant(0.996),
+            trainable=False,
+            name="base_tau",
+            dtype="float32",
         )
         self.tau_total_steps = self.add_weight(
-            shape=(), initializer=keras.initializers.Constant(1), trainable=False,
-            name="tau_total_steps", dtype="int32",
+            shape=(),
+            initializer=keras.initializers.Constant(1),
+            trainable=False,
+            name="tau_total_steps",
+            dtype="int32",
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.projection_std_tracker = keras.metrics.Mean(name="projection_std")
@@ -165,7 +171,7 @@ class BYOL(keras.Model):
 
     @property
     def target_weights(self):
-        """The target parameters that follow the online ones (same order as `online_ema_weights`)."""
+        """Target parameters that follow the online ones (same order as `online_ema_weights`)."""
         return [target for target, _ in self._averaged_pairs]
 
     @property
@@ -286,9 +292,7 @@ class BYOL(keras.Model):
     def update_metrics(self, loss, projection):
         """Updates the loss and collapse (std of normalized projections) trackers."""
         projection = ops.cast(projection, "float32")
-        normalized = projection / ops.maximum(
-            ops.norm(projection, axis=-1, keepdims=True), 1e-12
-        )
+        normalized = projection / ops.maximum(ops.norm(projection, axis=-1, keepdims=True), 1e-12)
         self.loss_tracker.update_state(loss)
         self.projection_std_tracker.update_state(ops.mean(ops.std(normalized, axis=0)))
         return {m.name: m.result() for m in self.metrics}

@@ -1,4 +1,4 @@
-"""BYOL's schedules: the cosine target decay τ, warm-up + cosine learning rate, batch/256 scaling."""
+"""BYOL schedules: cosine target decay τ, warm-up + cosine learning rate, batch/256 scaling."""
 
 import math
 

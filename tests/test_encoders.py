@@ -36,7 +36,8 @@ def test_small_image_stem_is_3x3_stride_1_without_pool():
 
 
 @pytest.mark.parametrize(
-    "name,feature_dim", [("resnet34", 512), ("resnet101", 2048), ("resnet152", 2048), ("resnet200", 2048)]
+    "name,feature_dim",
+    [("resnet34", 512), ("resnet101", 2048), ("resnet152", 2048), ("resnet200", 2048)],
 )
 def test_deeper_resnets_build_and_pool(name, feature_dim):
     encoder = encoders.resnet(name, input_shape=(32, 32, 3), small_images=True)
@@ -76,7 +77,9 @@ def test_batchnorm_follows_the_recipe():
 
 
 def test_group_norm_weight_standardization_variant():
-    encoder = encoders.resnet("resnet18", input_shape=(32, 32, 3), small_images=True, norm="group_ws")
+    encoder = encoders.resnet(
+        "resnet18", input_shape=(32, 32, 3), small_images=True, norm="group_ws"
+    )
     kinds = {type(layer).__name__ for layer in encoder.layers}
     assert "BatchNormalization" not in kinds
     assert {"GroupNormalization", "WSConv2D"} <= kinds
@@ -115,7 +118,9 @@ def test_mlp_head_shape_and_roundtrip(tmp_path):
     out = head(x, training=True)
     assert out.shape == (4, 8)
     assert [type(layer).__name__ for layer in (head.hidden, head.norm, head.out)] == [
-        "Dense", "BatchNormalization", "Dense"
+        "Dense",
+        "BatchNormalization",
+        "Dense",
     ]
     inputs = keras.Input((16,))
     model = keras.Model(inputs, head(inputs))

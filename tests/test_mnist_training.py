@@ -15,7 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_loss_falls_and_projections_do_not_collapse_on_real_digits():
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "mnist_collapse_check.py"), "--epochs", "3"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -6,10 +6,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import tiny_encoder, view_batches
 
 import keras_byol
 from keras_byol.callbacks import TargetUpdate
+
+from conftest import tiny_encoder, view_batches
 
 BATCH = 4
 
@@ -140,7 +141,9 @@ def test_polyak_update_skips_no_step_with_steps_per_execution(reference_run):
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), steps_per_execution=3)
     model.fit(_dataset(), epochs=2, verbose=0, callbacks=[TargetUpdate(0.9)])
     _assert_weights_close(model.target_weights, expected)
-    _assert_weights_close(model.online_ema_weights, [np.asarray(v) for v in reference.online_ema_weights])
+    _assert_weights_close(
+        model.online_ema_weights, [np.asarray(v) for v in reference.online_ema_weights]
+    )
 
 
 def test_polyak_update_continues_after_keras_save_and_load(reference_run, tmp_path):

@@ -54,7 +54,9 @@ def test_lars_exclusion_by_name():
     layer.build((None, 2))
     init = [np.asarray(v).copy() for v in layer.weights]
     grads = [rng.standard_normal(v.shape).astype("float32") for v in layer.weights]
-    opt = LARS(learning_rate=0.1, momentum=0.9, weight_decay=0.1, exclude_from_adaptation=["kernel"])
+    opt = LARS(
+        learning_rate=0.1, momentum=0.9, weight_decay=0.1, exclude_from_adaptation=["kernel"]
+    )
     opt.apply(grads, layer.weights)
     expected = _np_lars(init, [grads], 0.1, 0.9, 0.1, 1e-3, adapted=[False, True])
     for v, e in zip(layer.weights, expected):

@@ -26,7 +26,11 @@ def test_readme_example_runs_as_written(tmp_path):
     script = tmp_path / "example.py"
     script.write_text(_python_blocks()[0])
     result = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=tmp_path,
         env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""The BYOL train step on the TensorFlow backend (tf.GradientTape; runs inside Keras' tf.function)."""
+"""The BYOL train step on the TensorFlow backend: tf.GradientTape inside Keras' tf.function."""
 
 import tensorflow as tf
 
