@@ -59,10 +59,7 @@ def views_dataset(images, batch_size, seed=0):
 def small_cnn(image_size=32):
     """The quality peer's 3-layer CNN: (B, 32, 32, 3) → (B, 128)."""
     images = keras.Input((image_size, image_size, 3), name="images")
-    x = layers.Normalization(
-        mean=keras_byol.encoders.IMAGENET_MEAN,
-        variance=[s * s for s in keras_byol.encoders.IMAGENET_STD],
-    )(images)
+    x = keras_byol.encoders.ImageNormalization()(images)
     for filters, strides in ((32, 1), (64, 2), (128, 2)):
         x = layers.Conv2D(filters, 3, strides=strides, padding="same")(x)
         x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)

@@ -43,6 +43,32 @@ class WSConv2D(layers.Conv2D):
         return {**super().get_config(), "ws_epsilon": self.ws_epsilon}
 
 
+@keras.saving.register_keras_serializable(package="keras_byol")
+class ImageNormalization(layers.Layer):
+    """(x − mean) / std per channel, for images in [0, 1] (pure keras.ops: any backend).
+
+    Args:
+        mean: per-channel means, default ImageNet's (0.485, 0.456, 0.406).
+        std: per-channel standard deviations, default ImageNet's (0.229, 0.224, 0.225).
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def call(self, images):
+        mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
+        std = ops.convert_to_tensor(self.std, dtype=self.compute_dtype)
+        return (ops.cast(images, self.compute_dtype) - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "mean": self.mean, "std": self.std}
+
+
 class _Builder:
     """Holds the per-encoder choices (norm kind, groups) while the functional graph is built."""
 
@@ -155,11 +181,7 @@ def resnet(
     builder = _Builder(norm, groups, zero_init_residual, synchronized_batchnorm)
 
     images = keras.Input(shape=input_shape, name="images")
-    x = layers.Normalization(
-        mean=IMAGENET_MEAN,
-        variance=[s * s for s in IMAGENET_STD],
-        name="imagenet_normalization",
-    )(images)
+    x = ImageNormalization(name="imagenet_normalization")(images)
     if small_images:
         x = builder.conv_norm(x, 64 * width, 3, 1, "stem")
     else:

@@ -116,10 +116,14 @@ class BYOL(keras.Model):
         )
         self.target_projector.build((None, feature_dim))
         self._averaged_pairs = self._pair_target_with_online()
-        for target, online in zip(self.target_weights, self.online_ema_weights):
-            target.assign(online)
-        for target, online in zip(self.target_encoder.weights, self.encoder.weights):
-            target.assign(online)  # BN moving statistics start equal too, then diverge
+        # An exact copy of every weight (BN moving statistics too; they diverge later). The
+        # explicit copy gives the target its own buffer (JAX donates state buffers).
+        for target_net, online_net in (
+            (self.target_encoder, self.encoder),
+            (self.target_projector, self.projector),
+        ):
+            for target, online in zip(target_net.weights, online_net.weights):
+                target.assign(ops.copy(online.value))
         self._freeze_target_variables()
 
         # τ schedule state, set by callbacks.TargetUpdate; stored so it is saved and resumed.
@@ -302,9 +306,11 @@ class BYOL(keras.Model):
         backend = keras.backend.backend()
         if backend == "tensorflow":
             from keras_byol.backends import tensorflow as backend_step
+        elif backend == "jax":
+            from keras_byol.backends import jax as backend_step
         else:
             raise NotImplementedError(
-                f"keras_byol's train step supports the TensorFlow backend; got {backend!r}."
+                f"keras_byol trains on the TensorFlow and JAX backends; got {backend!r}."
             )
         return backend_step.train_step(self, *args)
 

@@ -59,7 +59,8 @@ def _assert_weights_close(actual, expected, atol=2e-6):
 @pytest.fixture(scope="module")
 def reference_run():
     """A steps_per_execution=1 run with every online state recorded: 2 epochs × 6 steps."""
-    tf.config.experimental.enable_op_determinism()
+    if keras.backend.backend() == "tensorflow":
+        tf.config.experimental.enable_op_determinism()
     model = _model()
     initial = [np.array(v) for v in model.online_ema_weights]
     recorder = _RecordOnline()
@@ -186,7 +187,7 @@ def test_target_batchnorm_keeps_its_own_moving_statistics():
         kernel, bias = target[kernel_i].astype("float32"), target[bias_i].astype("float32")
         for view in (view1, view2):  # the step runs the target on view 1, then on view 2
             batch = view[step * BATCH : (step + 1) * BATCH]
-            conv = tf.nn.conv2d(batch, kernel, strides=1, padding="SAME") + bias
+            conv = keras.ops.conv(batch, kernel, strides=1, padding="same") + bias
             moving_mean = 0.9 * moving_mean + 0.1 * np.mean(np.asarray(conv), axis=(0, 1, 2))
     target_bn = model.target_encoder.get_layer("bn")
     np.testing.assert_allclose(np.asarray(target_bn.moving_mean), moving_mean, rtol=1e-4, atol=1e-6)
@@ -208,7 +209,7 @@ def test_update_runs_inside_the_compiled_train_function():
     model.fit(_dataset(24), epochs=3, verbose=0)  # 18 optimizer steps
     assert int(model.optimizer.iterations) == 18
     assert 1 <= len(calls) <= 2, f"update ran {len(calls)} times in Python: not compiled"
-    assert all(isinstance(tau, tf.Tensor) for tau in calls)
+    assert not any(isinstance(tau, float) for tau in calls)
 
 
 def test_fit_adds_default_target_update():

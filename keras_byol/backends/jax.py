@@ -1,0 +1,69 @@
+"""The BYOL train step on the JAX backend: a stateless step, Polyak update inside the jit.
+
+Keras' JAX trainer passes the model state as arrays and expects it back updated; the
+model's own code (forward passes, loss, Polyak update, metrics) runs unchanged inside
+`keras.StatelessScope`, which reads variables from those arrays and records assignments.
+Imports no TensorFlow.
+"""
+
+import jax
+import keras
+
+
+def _run_stateless(variables, values, fn):
+    """fn() with `variables` read as `values`; returns (fn's result, their new values)."""
+    with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+        result = fn()
+    new_values = []
+    for variable, old in zip(variables, values):
+        new = scope.get_current_value(variable)
+        new_values.append(old if new is None else new)
+    return result, new_values
+
+
+def _iterations_index(optimizer):
+    """Position of the optimizer's step counter in `optimizer.variables`."""
+    return next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
+
+
+def train_step(model, state, data):
+    """One optimizer step on state = (trainable, non_trainable, optimizer, metrics) arrays.
+
+    Returns:
+        (logs, new_state), as Keras' JAX trainer expects.
+    """
+    trainable, non_trainable, optimizer_values, metrics_values = state
+    view1, view2 = model.unpack_views(data)
+    model_variables = model.trainable_variables + model.non_trainable_variables
+    num_trainable = len(trainable)
+
+    def loss_fn(trainable_values, non_trainable_values):
+        (loss, projection), new_values = _run_stateless(
+            model_variables,
+            list(trainable_values) + list(non_trainable_values),
+            lambda: model.compute_byol_loss(view1, view2),
+        )
+        scaled_loss, _ = _run_stateless(
+            model.optimizer.variables, optimizer_values, lambda: model.optimizer.scale_loss(loss)
+        )
+        return scaled_loss, (loss, projection, new_values[num_trainable:])
+
+    gradient_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (loss, projection, non_trainable)), gradients = gradient_fn(trainable, non_trainable)
+
+    # k = optimizer steps taken before this one: the τ index of the official code.
+    step = optimizer_values[_iterations_index(model.optimizer)]
+    trainable, optimizer_values = model.optimizer.stateless_apply(
+        optimizer_values, gradients, trainable
+    )
+    _, new_values = _run_stateless(
+        model_variables,
+        list(trainable) + list(non_trainable),
+        lambda: model.polyak_update(model.current_tau(step)),
+    )
+    non_trainable = new_values[num_trainable:]
+
+    logs, metrics_values = _run_stateless(
+        model.metrics_variables, metrics_values, lambda: model.update_metrics(loss, projection)
+    )
+    return logs, (trainable, non_trainable, optimizer_values, metrics_values)

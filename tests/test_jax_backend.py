@@ -1,0 +1,77 @@
+"""The shared tests on the JAX backend, and the JAX path without TensorFlow installed.
+
+Keras fixes its backend per process, so these run pytest / Python in a subprocess with
+KERAS_BACKEND=jax. Skipped only when jax itself is not installed.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jax")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_TESTS = [
+    "tests/test_losses.py",
+    "tests/test_schedules.py",
+    "tests/test_optimizers.py",
+    "tests/test_model.py",
+    "tests/test_encoders.py",
+]
+
+
+def _run(args, **env):
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", **env},
+    )
+
+
+@pytest.mark.slow
+def test_shared_tests_pass_on_the_jax_backend():
+    result = _run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *SHARED_TESTS],
+        KERAS_BACKEND="jax",
+    )
+    tail = result.stdout[-4000:] + result.stderr[-2000:]
+    assert result.returncode == 0, tail
+    assert " passed" in result.stdout and " failed" not in result.stdout, tail
+
+
+_WITHOUT_TENSORFLOW = """
+import sys
+sys.modules["tensorflow"] = None  # any `import tensorflow` now raises ImportError
+import numpy as np, keras, keras_byol
+assert keras.backend.backend() == "jax"
+encoder = keras_byol.encoders.resnet("resnet18", input_shape=(16, 16, 3), small_images=True)
+model = keras_byol.BYOL(encoder, projection_dim=16, hidden_dim=32)
+model.compile(optimizer=keras_byol.optimizers.LARS(0.1, weight_decay=1e-6), steps_per_execution=2)
+views = np.random.default_rng(0).random((16, 16, 16, 3), dtype=np.float32)
+history = model.fit({"view1": views, "view2": views[::-1]}, batch_size=4, epochs=2, verbose=0)
+assert np.all(np.isfinite(history.history["loss"])), history.history
+assert int(model.optimizer.iterations) == 8
+model.save(sys.argv[1])
+restored = keras.models.load_model(sys.argv[1])
+assert int(restored.optimizer.iterations) == 8
+expected = np.asarray(model.encoder(views[:2]))
+np.testing.assert_allclose(np.asarray(restored.encoder(views[:2])), expected, rtol=1e-5, atol=1e-5)
+loaded = [name for name, module in sys.modules.items() if module and name.startswith("tensorflow")]
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_jax_path_trains_and_saves_without_tensorflow(tmp_path):
+    result = _run(
+        [sys.executable, "-c", _WITHOUT_TENSORFLOW, str(tmp_path / "byol.keras")],
+        KERAS_BACKEND="jax",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.strip().endswith("ok")
