@@ -118,10 +118,7 @@ class BYOL(keras.Model):
         self._averaged_pairs = self._pair_target_with_online()
         # An exact copy of every weight (BN moving statistics too; they diverge later). The
         # explicit copy gives the target its own buffer (JAX donates state buffers).
-        for target_net, online_net in (
-            (self.target_encoder, self.encoder),
-            (self.target_projector, self.projector),
-        ):
+        for target_net, online_net in self._target_and_online_networks():
             for target, online in zip(target_net.weights, online_net.weights):
                 target.assign(ops.copy(online.value))
         self._freeze_target_variables()
@@ -146,6 +143,10 @@ class BYOL(keras.Model):
         self.built = True
 
     # ----------------------------------------------------------------------------- state
+    def _target_and_online_networks(self):
+        """The networks that have a target copy: (f_ξ, f) and (g_ξ, g); q has none."""
+        return ((self.target_encoder, self.encoder), (self.target_projector, self.projector))
+
     def _pair_target_with_online(self):
         """(target, online) parameter pairs for the Polyak average, matched by position.
 
@@ -154,10 +155,7 @@ class BYOL(keras.Model):
         and other non-trainable state are not.
         """
         pairs = []
-        for target_net, online_net in (
-            (self.target_encoder, self.encoder),
-            (self.target_projector, self.projector),
-        ):
+        for target_net, online_net in self._target_and_online_networks():
             if len(target_net.weights) != len(online_net.weights):
                 raise ValueError(
                     f"Could not copy {online_net.name}: the clone has "

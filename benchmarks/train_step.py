@@ -1,0 +1,182 @@
+"""BYOL train-step throughput on this machine: keras_byol (TF, TF+XLA, JAX) beside the peer.
+
+ResNet-18 with the small-image stem, 32 px, batch 128, float32, heads 512→4096→256 and
+256→4096→256, SGD(0.06, momentum 0.9) as in the peer (lightly's BYOL example), random
+views made once. One image = one source image seen as two views. Each variant runs in its
+own process (Keras fixes the backend per process) and prints one JSON line; the peer
+(`../shared/bench/peer_lightly.py --what train`) runs in the same invocation when
+`--peer-python` points at an interpreter that has torch and lightly.
+
+    python benchmarks/train_step.py --peer-python /tmp/peer/bin/python
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PEER = ROOT.parent / "shared" / "bench" / "peer_lightly.py"
+VARIANTS = {  # name → (KERAS_BACKEND, jit_compile, dtype policy)
+    "tensorflow": ("tensorflow", False, "float32"),
+    "tensorflow_xla": ("tensorflow", True, "float32"),
+    "jax": ("jax", True, "float32"),
+    "tensorflow_bf16": ("tensorflow", False, "mixed_bfloat16"),
+}
+FP32_VARIANTS = "tensorflow,tensorflow_xla,jax"
+
+
+def run_variant(name, batch, size, warmup, steps):
+    """Times `steps` optimizer steps after `warmup` untimed ones; returns one result dict."""
+    import keras
+    import numpy as np
+
+    import keras_byol
+
+    _, jit_compile, policy = VARIANTS[name]
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(0)
+    encoder = keras_byol.encoders.resnet("resnet18", (size, size, 3), small_images=True)
+    model = keras_byol.BYOL(encoder, projection_dim=256, hidden_dim=4096)
+    model.compile(optimizer=keras.optimizers.SGD(0.06, momentum=0.9), jit_compile=jit_compile)
+    rng = np.random.default_rng(0)
+    shape = (batch, size, size, 3)
+    view1, view2 = (rng.random(shape, dtype=np.float32) for _ in range(2))
+    total = warmup + steps
+    views = {"view1": np.concatenate([view1] * total), "view2": np.concatenate([view2] * total)}
+
+    class StepTimes(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times = [time.perf_counter()]
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.times.append(time.perf_counter())
+
+    timer = StepTimes()
+    history = model.fit(
+        views, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer]
+    )
+    durations = np.diff(timer.times)[warmup:]
+    return {
+        "impl": "keras_byol",
+        "variant": name,
+        "backend": keras.backend.backend(),
+        "jit_compile": jit_compile,
+        "dtype_policy": policy,
+        "what": "train_step",
+        "arch": "resnet18",
+        "size": size,
+        "batch": batch,
+        "images_per_s": round(batch * len(durations) / float(np.sum(durations)), 2),
+        "ms_per_step_median": round(1e3 * float(np.median(durations)), 1),
+        "ms_per_step_min": round(1e3 * float(np.min(durations)), 1),
+        "first_step_s_incl_compile": round(float(timer.times[1] - timer.times[0]), 1),
+        "warmup_steps": warmup,
+        "timed_steps": steps,
+        "final_loss": round(float(history.history["loss"][-1]), 4),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "keras": keras.__version__,
+    }
+
+
+def _machine():
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", default=FP32_VARIANTS, help=f"any of {list(VARIANTS)}")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--peer-python", default="", help="python with torch + lightly")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        result = run_variant(args.worker, args.batch, args.size, args.warmup, args.steps)
+        print(json.dumps({**result, "machine": _machine()}), flush=True)
+        return
+
+    results = {}
+    for name in args.variants.split(","):
+        backend = VARIANTS[name][0]
+        command = [
+            sys.executable,
+            __file__,
+            "--worker",
+            name,
+            "--batch",
+            str(args.batch),
+            "--size",
+            str(args.size),
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+        ]
+        env = {
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "PYTHONPATH": str(ROOT),
+        }
+        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])
+        print(json.dumps(results[name]), flush=True)
+    if args.peer_python:
+        command = [
+            args.peer_python,
+            str(PEER),
+            "--what",
+            "train",
+            "--arch",
+            "resnet18",
+            "--size",
+            str(args.size),
+            "--batch",
+            str(args.batch),
+            "--warmup",
+            str(args.warmup),
+            "--steps",
+            str(args.steps),
+        ]
+        peer = json.loads(
+            subprocess.run(command, capture_output=True, text=True, check=True)
+            .stdout.strip()
+            .splitlines()[-1]
+        )
+        peer.pop("step_ms", None)
+        print(json.dumps({**peer, "machine": _machine()}), flush=True)
+        ratios = {
+            name: round(r["images_per_s"] / peer["images_per_s"], 3) for name, r in results.items()
+        }
+        print(
+            json.dumps(
+                {
+                    "what": "train_step_ratio_vs_peer",
+                    "ratios": ratios,
+                    "peer_images_per_s": peer["images_per_s"],
+                    "machine": _machine(),
+                }
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()
