@@ -1,12 +1,24 @@
 """keras_byol: BYOL (Bootstrap Your Own Latent) for Keras 3.
 
 Public names: `BYOL` and the submodules `losses`, `schedules`, `optimizers`, `encoders`,
-`heads`, `callbacks`. Importing sets no precision policy, device or seed.
+`heads`, `callbacks`, and — loaded on first use, since they need TensorFlow — `augment`
+and `data`. Importing sets no precision policy, device or seed.
 """
+
+import importlib
 
 from keras_byol import callbacks, encoders, heads, losses, optimizers, schedules
 from keras_byol.model import BYOL
 
 __version__ = "0.1.0"
 
+_LAZY_SUBMODULES = ("augment", "data")
+
 __all__ = ["BYOL", "callbacks", "encoders", "heads", "losses", "optimizers", "schedules"]
+__all__ += list(_LAZY_SUBMODULES)
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        return importlib.import_module(f"keras_byol.{name}")
+    raise AttributeError(f"module 'keras_byol' has no attribute {name!r}")

@@ -70,6 +70,9 @@ class BYOL(keras.Model):
         hidden_dim: hidden width of the projector (4096 in the paper).
         predictor_hidden_dim: hidden width of the predictor; defaults to `hidden_dim`.
         synchronized_batchnorm: synchronize the heads' BatchNorm across replicas.
+        augmenter: optional `augment.TwoViewAugmenter` (TensorFlow backend): batches may
+            then be {"images": (B, H, W, 3) uint8 or float} and the views are made inside
+            the train step, on the accelerator.
 
     Example:
         >>> encoder = keras_byol.encoders.resnet("resnet18", (32, 32, 3), small_images=True)
@@ -89,9 +92,17 @@ class BYOL(keras.Model):
         hidden_dim=4096,
         predictor_hidden_dim=None,
         synchronized_batchnorm=False,
+        augmenter=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if augmenter is not None and keras.backend.backend() != "tensorflow":
+            raise ValueError(
+                "BYOL(augmenter=...) runs TwoViewAugmenter, a TensorFlow-backend layer; on "
+                f"the {keras.backend.backend()} backend make the views in tf.data instead "
+                '(keras_byol.data.pretrain_dataset(..., augment_on="cpu")).'
+            )
+        self.augmenter = augmenter
         self.image_shape = _input_shape_of(encoder)
         feature_dim = _pooled_feature_dim(encoder)
         self.projection_dim = int(projection_dim)
@@ -230,6 +241,14 @@ class BYOL(keras.Model):
                     f"{len(data)} elements. Map your dataset, e.g. "
                     "ds.map(lambda v1, v2: {'view1': v1, 'view2': v2})."
                 )
+        if isinstance(data, dict) and "images" in data and "view1" not in data:
+            if self.augmenter is None:
+                raise TypeError(
+                    "This batch holds raw 'images' but the model has no augmenter: build "
+                    "BYOL(..., augmenter=keras_byol.augment.TwoViewAugmenter(image_size=...)) "
+                    'or make the views in tf.data (pretrain_dataset(..., augment_on="cpu")).'
+                )
+            data = self.augmenter(data["images"])
         if not isinstance(data, dict) or "view1" not in data or "view2" not in data:
             keys = sorted(data) if isinstance(data, dict) else type(data).__name__
             raise TypeError(
@@ -346,12 +365,19 @@ class BYOL(keras.Model):
             "hidden_dim": self.hidden_dim,
             "predictor_hidden_dim": self.predictor_hidden_dim,
             "synchronized_batchnorm": self.synchronized_batchnorm,
+            "augmenter": (
+                None
+                if self.augmenter is None
+                else keras.saving.serialize_keras_object(self.augmenter)
+            ),
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["encoder"] = keras.saving.deserialize_keras_object(
-            config["encoder"], custom_objects=custom_objects
-        )
+        for key in ("encoder", "augmenter"):
+            if config.get(key) is not None:
+                config[key] = keras.saving.deserialize_keras_object(
+                    config[key], custom_objects=custom_objects
+                )
         return cls(**config)

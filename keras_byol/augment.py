@@ -1,0 +1,388 @@
+"""BYOL's two views: ViewConfig presets and TwoViewAugmenter, every random decision per image.
+
+Pipeline of one view (BYOL paper, Table 6; official code's order):
+random resized crop (bicubic) → horizontal flip → colour jitter (brightness, contrast,
+saturation, hue in random order, each clipped to [0, 1]; applied with p) → grayscale
+→ Gaussian blur (separable) → solarize → clip to [0, 1].
+
+Sampling (`sample_view_params`) is separate from applying (`apply_view`) so that each
+can be tested on its own. Everything here is TensorFlow (tf.data runs it on the CPU; as a
+layer inside the model it runs on the accelerator with the TF backend).
+
+KerasCV and Keras' own augmentation layers are not used: their colour jitter parameterises
+saturation, contrast and ordering differently from the paper, there is no core resized
+crop or per-sample apply-probability, and their blur/solarize layers differ (see
+KERAS_NOTES); the one exact match, a random horizontal flip, is one `tf.cond` here.
+"""
+
+import dataclasses
+import math
+
+import keras
+import tensorflow as tf
+
+_LUMA = (0.2989, 0.5870, 0.1140)
+_NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue
+
+
+@dataclasses.dataclass(frozen=True)
+class ViewConfig:
+    """Every knob of one BYOL view; the defaults are the paper's view 1.
+
+    Attributes:
+        crop_area: (min, max) fraction of the image area kept by the random resized crop.
+        crop_ratio: (min, max) aspect ratio w/h, sampled log-uniformly.
+        flip_p: probability of a horizontal flip.
+        jitter_p: probability of applying the colour jitter (all four ops) to an image.
+        brightness: additive brightness delta drawn from U[−b, b].
+        contrast: contrast factor drawn from U[1 − c, 1 + c], around the per-channel mean.
+        saturation: saturation factor drawn from U[1 − s, 1 + s] (HSV S channel).
+        hue: hue shift drawn from U[−h, h] in turns of the colour wheel (HSV H channel).
+        random_order: apply the four jitter ops in a random order per image.
+        grayscale_p: probability of converting to luma (0.2989, 0.5870, 0.1140) × 3.
+        blur_p: probability of a Gaussian blur.
+        blur_sigma: (min, max) of σ in pixels, drawn uniformly.
+        blur_kernel_fraction: the kernel spans this fraction of the output size: radius =
+            ⌊size·fraction⌋ // 2, taps = 2·radius + 1 (23 taps at 224 px).
+        solarize_p: probability of solarizing (x → 1 − x where x ≥ threshold).
+        solarize_threshold: the solarize threshold, in [0, 1] pixel units.
+    """
+
+    crop_area: tuple = (0.08, 1.0)
+    crop_ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    random_order: bool = True
+    grayscale_p: float = 0.2
+    blur_p: float = 1.0
+    blur_sigma: tuple = (0.1, 2.0)
+    blur_kernel_fraction: float = 0.1
+    solarize_p: float = 0.0
+    solarize_threshold: float = 0.5
+
+    def __post_init__(self):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"ViewConfig.{name} is a probability in [0, 1]; got {value}.")
+        lo, hi = self.crop_area
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(
+                f"ViewConfig.crop_area needs 0 < min <= max <= 1; got {self.crop_area}."
+            )
+        lo, hi = self.crop_ratio
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"ViewConfig.crop_ratio needs 0 < min <= max; got {self.crop_ratio}.")
+        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"ViewConfig.blur_sigma needs 0 < min <= max; got {self.blur_sigma}.")
+        for name in ("brightness", "contrast", "saturation"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"ViewConfig.{name} must be in [0, 1]; got {getattr(self, name)}.")
+        if not 0.0 <= self.hue <= 0.5:
+            raise ValueError(f"ViewConfig.hue must be in [0, 0.5]; got {self.hue}.")
+
+
+BYOL_VIEW1 = ViewConfig()
+"""The paper's view 1 (τ in Table 6): blur always, never solarize."""
+BYOL_VIEW2 = ViewConfig(blur_p=0.1, solarize_p=0.2)
+"""The paper's view 2 (τ′ in Table 6): blur p 0.1, solarize p 0.2."""
+SMALL_IMAGE_VIEW1 = dataclasses.replace(
+    BYOL_VIEW1, brightness=0.2, contrast=0.2, saturation=0.1, hue=0.05, blur_p=0.0
+)
+"""Small images (CIFAR-style, ~32 px): blur off, jitter strength 0.5; otherwise view 1."""
+SMALL_IMAGE_VIEW2 = dataclasses.replace(SMALL_IMAGE_VIEW1, solarize_p=0.2)
+"""Small images: as SMALL_IMAGE_VIEW1 with view 2's solarize p 0.2."""
+
+
+# ---------------------------------------------------------------------------- sampling
+def _uniform(seed, low, high, shape=()):
+    return tf.random.stateless_uniform(shape, seed=seed, minval=low, maxval=high)
+
+
+def _bernoulli(seed, p):
+    return tf.random.stateless_uniform((), seed=seed) < p
+
+
+def sample_crop_box(seed, height, width, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
+    """torchvision's RandomResizedCrop box: area ~ U[area]·H·W, log(w/h) ~ U[log ratio].
+
+    Ten candidates are drawn at once and the first that fits is taken; if none fits, the
+    largest central crop with the ratio clamped to `ratio` (torchvision's fallback).
+
+    Args:
+        seed: stateless seed, int32 tensor of shape (2,).
+        height, width: image size (scalar int tensors, ≥ 1).
+
+    Returns:
+        (top, left, crop_height, crop_width) as int32 scalars.
+    """
+    h = tf.cast(height, tf.float32)
+    w = tf.cast(width, tf.float32)
+    area_seed, ratio_seed, pos_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    target_area = h * w * _uniform(area_seed, area[0], area[1], (attempts,))
+    log_ratio = _uniform(ratio_seed, math.log(ratio[0]), math.log(ratio[1]), (attempts,))
+    aspect = tf.exp(log_ratio)
+    crop_w = tf.round(tf.sqrt(target_area * aspect))
+    crop_h = tf.round(tf.sqrt(target_area / aspect))
+    fits = (crop_w > 0) & (crop_h > 0) & (crop_w <= w) & (crop_h <= h)
+    first = tf.argmax(tf.cast(fits, tf.int32))
+    any_fits = tf.reduce_any(fits)
+
+    # Fallback: the whole image, cropped centrally to the nearest allowed ratio.
+    in_ratio = w / h
+    fallback_w = tf.where(
+        in_ratio < ratio[0], w, tf.where(in_ratio > ratio[1], tf.round(h * ratio[1]), w)
+    )
+    fallback_h = tf.where(in_ratio < ratio[0], tf.round(w / ratio[0]), h)
+    crop_w = tf.where(any_fits, crop_w[first], fallback_w)
+    crop_h = tf.where(any_fits, crop_h[first], fallback_h)
+    u = tf.random.stateless_uniform((2,), seed=pos_seed)
+    top = tf.where(any_fits, tf.floor(u[0] * (h - crop_h + 1)), tf.floor((h - crop_h) / 2))
+    left = tf.where(any_fits, tf.floor(u[1] * (w - crop_w + 1)), tf.floor((w - crop_w) / 2))
+    return tuple(tf.cast(v, tf.int32) for v in (top, left, crop_h, crop_w))
+
+
+def sample_view_params(config, seed, height, width):
+    """Every random decision of one view of one image.
+
+    Returns:
+        dict of scalar tensors: crop box (top, left, crop_height, crop_width), flip,
+        jitter, brightness, contrast, saturation, hue, order ((4,) int32 permutation of
+        0 brightness, 1 contrast, 2 saturation, 3 hue), grayscale, blur, sigma, solarize.
+    """
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 13))
+    top, left, crop_h, crop_w = sample_crop_box(
+        seeds[0], height, width, config.crop_area, config.crop_ratio
+    )
+    if config.random_order:
+        order = tf.argsort(tf.random.stateless_uniform((_NUM_JITTER_OPS,), seed=seeds[1]))
+    else:
+        order = tf.range(_NUM_JITTER_OPS)
+    return {
+        "top": top,
+        "left": left,
+        "crop_height": crop_h,
+        "crop_width": crop_w,
+        "flip": _bernoulli(seeds[2], config.flip_p),
+        "jitter": _bernoulli(seeds[3], config.jitter_p),
+        "brightness": _uniform(seeds[4], -config.brightness, config.brightness),
+        "contrast": _uniform(seeds[5], 1 - config.contrast, 1 + config.contrast),
+        "saturation": _uniform(seeds[6], 1 - config.saturation, 1 + config.saturation),
+        "hue": _uniform(seeds[7], -config.hue, config.hue),
+        "order": tf.cast(order, tf.int32),
+        "grayscale": _bernoulli(seeds[8], config.grayscale_p),
+        "blur": _bernoulli(seeds[9], config.blur_p),
+        "sigma": _uniform(seeds[10], config.blur_sigma[0], config.blur_sigma[1]),
+        "solarize": _bernoulli(seeds[11], config.solarize_p),
+    }
+
+
+# ----------------------------------------------------------------------------- the ops
+def to_rgb_float(image):
+    """(H, W, C) uint8 or float image, C ∈ {1, 3, 4} → (H, W, 3) float32 in [0, 1]."""
+    channels = image.shape[-1]
+    if channels not in (1, 3, 4):
+        raise ValueError(f"Images need 1, 3 or 4 channels; got shape {image.shape}.")
+    if image.dtype == tf.uint8:
+        image = tf.cast(image, tf.float32) / 255.0
+    elif image.dtype.is_floating:
+        image = tf.cast(image, tf.float32)
+    else:
+        raise TypeError(f"Images must be uint8 in [0, 255] or float in [0, 1]; got {image.dtype}.")
+    if channels == 1:
+        return tf.image.grayscale_to_rgb(image)
+    return image[..., :3]  # RGBA: the alpha channel is dropped
+
+
+def crop_and_resize(image, top, left, crop_height, crop_width, size):
+    """Crops (top, left, h, w) from an (H, W, 3) float image and resizes it bicubically."""
+    crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([crop_height, crop_width, 3]))
+    return tf.clip_by_value(tf.image.resize(crop, (size, size), method="bicubic"), 0.0, 1.0)
+
+
+def adjust_brightness(image, delta):
+    """x + δ, clipped to [0, 1]."""
+    return tf.clip_by_value(image + delta, 0.0, 1.0)
+
+
+def adjust_contrast(image, factor):
+    """(x − μ_c)·f + μ_c with μ_c the per-channel mean over the image, clipped."""
+    mean = tf.reduce_mean(image, axis=(-3, -2), keepdims=True)
+    return tf.clip_by_value((image - mean) * factor + mean, 0.0, 1.0)
+
+
+def adjust_saturation(image, factor):
+    """HSV saturation × f (clipped to [0, 1]), back to RGB, clipped."""
+    hsv = tf.image.rgb_to_hsv(image)
+    h, s, v = tf.unstack(hsv, axis=-1)
+    s = tf.clip_by_value(s * factor, 0.0, 1.0)
+    return tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)), 0.0, 1.0)
+
+
+def adjust_hue(image, delta):
+    """HSV hue + δ (mod 1 turn), back to RGB, clipped."""
+    hsv = tf.image.rgb_to_hsv(image)
+    h, s, v = tf.unstack(hsv, axis=-1)
+    h = tf.math.floormod(h + delta, 1.0)
+    return tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)), 0.0, 1.0)
+
+
+def color_jitter(image, params):
+    """The four jitter ops in `params["order"]`; only the chosen op is computed per slot."""
+
+    def apply(op_index, x):
+        return tf.switch_case(
+            op_index,
+            [
+                lambda: adjust_brightness(x, params["brightness"]),
+                lambda: adjust_contrast(x, params["contrast"]),
+                lambda: adjust_saturation(x, params["saturation"]),
+                lambda: adjust_hue(x, params["hue"]),
+            ],
+        )
+
+    for slot in range(_NUM_JITTER_OPS):
+        image = apply(params["order"][slot], image)
+    return image
+
+
+def to_grayscale(image):
+    """Luma 0.2989 R + 0.5870 G + 0.1140 B, repeated to 3 channels."""
+    luma = tf.reduce_sum(image * tf.constant(_LUMA, image.dtype), axis=-1, keepdims=True)
+    return tf.tile(luma, [1] * (len(image.shape) - 1) + [3])
+
+
+def blur_radius(size, fraction=0.1):
+    """Kernel radius for an output of `size` px: taps = 2·radius + 1 (23 at 224 px)."""
+    return int(size * fraction) // 2
+
+
+def gaussian_blur(image, sigma, radius):
+    """Separable Gaussian blur of an (H, W, 3) image, zero 'SAME' padding (official code)."""
+    if radius < 1:
+        return image
+    x = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-(x**2) / (2.0 * sigma**2))
+    kernel /= tf.reduce_sum(kernel)
+    vertical = tf.tile(tf.reshape(kernel, (-1, 1, 1, 1)), [1, 1, 3, 1])
+    horizontal = tf.tile(tf.reshape(kernel, (1, -1, 1, 1)), [1, 1, 3, 1])
+    batch = image[tf.newaxis]
+    batch = tf.nn.depthwise_conv2d(batch, vertical, [1, 1, 1, 1], "SAME")
+    batch = tf.nn.depthwise_conv2d(batch, horizontal, [1, 1, 1, 1], "SAME")
+    return batch[0]
+
+
+def solarize(image, threshold=0.5):
+    """x → 1 − x where x ≥ threshold."""
+    return tf.where(image < threshold, image, 1.0 - image)
+
+
+def apply_view(image, params, size, config):
+    """One view of one (H, W, 3) float image in [0, 1] with pre-sampled `params`."""
+    view = crop_and_resize(
+        image, params["top"], params["left"], params["crop_height"], params["crop_width"], size
+    )
+    return finish_view(view, params, size, config)
+
+
+def finish_view(view, params, size, config):
+    """Everything after the crop (flip, jitter, grayscale, blur, solarize, clip)."""
+    view = tf.cond(params["flip"], lambda: tf.image.flip_left_right(view), lambda: view)
+    if config.jitter_p > 0:
+        view = tf.cond(params["jitter"], lambda: color_jitter(view, params), lambda: view)
+    if config.grayscale_p > 0:
+        view = tf.cond(params["grayscale"], lambda: to_grayscale(view), lambda: view)
+    radius = blur_radius(size, config.blur_kernel_fraction)
+    if config.blur_p > 0 and radius >= 1:
+        view = tf.cond(
+            params["blur"], lambda: gaussian_blur(view, params["sigma"], radius), lambda: view
+        )
+    if config.solarize_p > 0:
+        threshold = config.solarize_threshold
+        view = tf.cond(params["solarize"], lambda: solarize(view, threshold), lambda: view)
+    view = tf.clip_by_value(view, 0.0, 1.0)
+    view.set_shape((size, size, 3))
+    return view
+
+
+def two_views(image, seed, size, view1=BYOL_VIEW1, view2=BYOL_VIEW2):
+    """{"view1", "view2"}: two independent views, (size, size, 3) float32 in [0, 1].
+
+    Args:
+        image: (H, W, C) uint8 or float image, C ∈ {1, 3, 4}, H, W ≥ 2.
+        seed: int32/int64 tensor of shape (2,); equal seeds give equal views.
+    """
+    image = to_rgb_float(image)
+    height, width = tf.shape(image)[0], tf.shape(image)[1]
+    seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+    views = {}
+    for name, config, view_seed in (("view1", view1, seed1), ("view2", view2, seed2)):
+        params = sample_view_params(config, view_seed, height, width)
+        views[name] = apply_view(image, params, size, config)
+    return views
+
+
+# ------------------------------------------------------------------------------ layer
+@keras.saving.register_keras_serializable(package="keras_byol")
+class TwoViewAugmenter(keras.layers.Layer):
+    """Maps a batch of images to BYOL's two views, every random decision drawn per image.
+
+    Input: (B, H, W, C) uint8 in [0, 255] or float in [0, 1], C ∈ {1, 3, 4}, H, W ≥ 2.
+    Output: {"view1": (B, S, S, 3), "view2": (B, S, S, 3)} float32 in [0, 1], S = image_size.
+    Runs on the TensorFlow backend (in tf.data, or inside the model on the accelerator).
+
+    Args:
+        view1, view2: `ViewConfig`s (default: the paper's `BYOL_VIEW1`, `BYOL_VIEW2`).
+        image_size: output size S.
+        seed: integer seed; the same seed gives the same sequence of views.
+
+    Example:
+        >>> augmenter = TwoViewAugmenter(image_size=32, seed=0)
+        >>> views = augmenter(uint8_images)  # {"view1": (B, 32, 32, 3), "view2": ...}
+    """
+
+    def __init__(self, view1=BYOL_VIEW1, view2=BYOL_VIEW2, image_size=224, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.view1 = view1 if isinstance(view1, ViewConfig) else ViewConfig(**view1)
+        self.view2 = view2 if isinstance(view2, ViewConfig) else ViewConfig(**view2)
+        if int(image_size) < 1:
+            raise ValueError(f"image_size must be positive; got {image_size}.")
+        self.image_size = int(image_size)
+        self.seed = seed
+        # Created here, not in call: a tf.function must not create variables after tracing.
+        self._generator = (
+            tf.random.Generator.from_non_deterministic_state()
+            if seed is None
+            else tf.random.Generator.from_seed(seed)
+        )
+
+    def _seeds(self, batch_size):
+        return tf.transpose(self._generator.make_seeds(batch_size))  # (B, 2)
+
+    def call(self, images):
+        if len(images.shape) != 4:
+            raise ValueError(f"TwoViewAugmenter takes (B, H, W, C) images; got {images.shape}.")
+        seeds = self._seeds(tf.shape(images)[0])
+        spec = tf.TensorSpec((self.image_size, self.image_size, 3), tf.float32)
+        return tf.map_fn(
+            lambda args: two_views(args[0], args[1], self.image_size, self.view1, self.view2),
+            (images, seeds),
+            fn_output_signature={"view1": spec, "view2": spec},
+        )
+
+    def compute_output_shape(self, input_shape):
+        shape = (input_shape[0], self.image_size, self.image_size, 3)
+        return {"view1": shape, "view2": shape}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "view1": dataclasses.asdict(self.view1),
+            "view2": dataclasses.asdict(self.view2),
+            "image_size": self.image_size,
+            "seed": self.seed,
+        }

@@ -1,0 +1,339 @@
+"""tf.data input for BYOL: tfds names, image folders and arrays → view or evaluation batches.
+
+Pretraining batches are dicts {"view1", "view2": (B, S, S, 3) float32 in [0, 1], "label"}
+(label −1 where a source has none); with augment_on="device" they are {"images": (B, S', S',
+3) uint8, "label"} for a model built with `BYOL(..., augmenter=TwoViewAugmenter(...))`.
+Evaluation batches are (images (B, S, S, 3) float32 in [0, 1], labels (B,) int64) tuples.
+
+Bad files in a folder: zero-byte files, files that are not JPEG/PNG/BMP/GIF by their first
+bytes, and files that fail to decode are skipped with one warning naming each file and the
+count (the folder is checked once, when the dataset is built). An empty folder, or one with
+no readable image, raises ValueError naming the path. Grayscale and RGBA images are turned
+into RGB; images smaller than the output are resized up.
+"""
+
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from keras_byol import augment
+
+logger = logging.getLogger("keras_byol")
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
+_DEFAULT_PRETRAIN_SPLIT = {"stl10": "unlabelled"}
+_EVAL_CENTER_CROP = 0.875
+_SMALL_IMAGE_MAX = 64  # at or below this output size, eval images are resized, not cropped
+
+
+# ------------------------------------------------------------------------------ sources
+def _list_image_folder(directory):
+    """(paths, labels, class_names) of the readable images under `directory`."""
+    if not os.path.isdir(directory):
+        raise ValueError(f"Image folder {directory!r} does not exist or is not a directory.")
+    paths = []
+    for root, dirs, files in os.walk(directory):
+        dirs.sort()
+        for name in sorted(files):
+            if name.lower().endswith(IMAGE_EXTENSIONS):
+                paths.append(os.path.join(root, name))
+    if not paths:
+        raise ValueError(
+            f"Image folder {directory!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})."
+        )
+    good, skipped = [], []
+    for path in paths:
+        reason = _unreadable_reason(path)
+        (skipped.append((path, reason)) if reason else good.append(path))
+    if skipped:
+        listing = "; ".join(f"{path} ({reason})" for path, reason in skipped)
+        logger.warning("Skipped %d unreadable image file(s): %s", len(skipped), listing)
+    if not good:
+        raise ValueError(
+            f"Image folder {directory!r} holds no readable image ({len(skipped)} skipped)."
+        )
+    relative_dirs = [os.path.relpath(os.path.dirname(p), directory) for p in good]
+    top_dirs = [d.split(os.sep)[0] for d in relative_dirs]
+    if all(d != "." for d in top_dirs):
+        class_names = sorted(set(top_dirs))
+        labels = [class_names.index(d) for d in top_dirs]
+    else:
+        class_names, labels = [], [-1] * len(good)
+    return good, labels, class_names
+
+
+def _unreadable_reason(path):
+    """Why `path` is not a readable image, or None when it is."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as error:
+        return f"cannot be read: {error.strerror}"
+    if not head:
+        return "empty file"
+    if not head.startswith(_MAGIC):
+        return "not a JPEG, PNG, BMP or GIF image"
+    try:
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        if image.shape[0] == 0 or image.shape[1] == 0:
+            return "image has no pixels"
+    except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError):
+        return "corrupt or truncated image data"
+    return None
+
+
+def _tfds_records(name, split, input_context, seed):
+    """A dataset of {"image": encoded bytes, "label": int64} from tensorflow-datasets."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name)
+    except Exception as error:  # tfds raises several types for unknown names
+        raise ValueError(
+            f"Unknown tensorflow-datasets name {name!r} ({error}). Pass a tfds name such as "
+            "'cifar10', a folder of images, or an array of images."
+        ) from None
+    features = builder.info.features
+    if "image" not in features:
+        raise ValueError(f"tfds dataset {name!r} has no 'image' feature; it has {list(features)}.")
+    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed)
+    try:
+        records = builder.as_dataset(
+            split=split,
+            shuffle_files=True,
+            decoders={"image": tfds.decode.SkipDecoding()},
+            read_config=read_config,
+        )
+    except AssertionError as error:
+        raise ValueError(
+            f"tfds dataset {name!r} is not prepared in {builder.data_dir!r} and cannot be "
+            "downloaded here. Prepare it once where there is network "
+            f"(tfds.builder({name!r}).download_and_prepare()), then copy it or set "
+            "TFDS_DATA_DIR to its folder."
+        ) from error
+    has_label = "label" in features
+    return records.map(
+        lambda ex: {
+            "image": ex["image"],
+            "label": tf.cast(ex["label"], tf.int64) if has_label else tf.constant(-1, tf.int64),
+        }
+    )
+
+
+def _records(source, split, input_context, seed):
+    """Records {"image": encoded bytes or decoded uint8/float image, "label": int64}."""
+    if isinstance(source, tuple) and len(source) == 2:
+        images, labels = source
+    elif isinstance(source, np.ndarray):
+        images, labels = source, None
+    elif isinstance(source, (str, os.PathLike)):
+        source = os.fspath(source)
+        looks_like_path = source.startswith(("/", ".", "~")) or os.path.exists(source)
+        if os.path.isdir(source) or looks_like_path:
+            paths, labels, _ = _list_image_folder(source)
+            records = tf.data.Dataset.from_tensor_slices(
+                {"path": paths, "label": np.asarray(labels, np.int64)}
+            )
+            if input_context is not None:
+                records = records.shard(
+                    input_context.num_input_pipelines, input_context.input_pipeline_id
+                )
+            return records.map(
+                lambda r: {"image": tf.io.read_file(r["path"]), "label": r["label"]},
+                num_parallel_calls=tf.data.AUTOTUNE,
+            ), len(paths)
+        if split is None:
+            split = _DEFAULT_PRETRAIN_SPLIT.get(source.split("/")[0], "train")
+        return _tfds_records(source, split, input_context, seed), None
+    else:
+        raise TypeError(
+            "source must be a tensorflow-datasets name, a folder path, an array of images "
+            f"(N, H, W[, C]) or an (images, labels) tuple; got {type(source).__name__}."
+        )
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or len(images) == 0 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(
+            "Image arrays must be (N, H, W) or (N, H, W, C) with N ≥ 1 and C ∈ {1, 3, 4}; "
+            f"got {images.shape}."
+        )
+    labels = np.full(len(images), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+    records = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    if input_context is not None:
+        records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    return records, len(images)
+
+
+# --------------------------------------------------------------------------- decoding
+def _decode(image):
+    """Encoded bytes or a decoded image → (H, W, 3) float32 in [0, 1]."""
+    if image.dtype == tf.string:
+        image = tf.io.decode_image(image, channels=3, expand_animations=False)
+    return augment.to_rgb_float(image)
+
+
+def _views_from_record(image, seed, size, view1, view2):
+    """Two views; JPEG bytes are decoded only inside the window that covers both crops."""
+    if image.dtype != tf.string:
+        return augment.two_views(image, seed, size, view1, view2)
+
+    def fused():
+        shape = tf.image.extract_jpeg_shape(image)
+        seeds = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
+        params = [
+            augment.sample_view_params(config, s, shape[0], shape[1])
+            for config, s in zip((view1, view2), seeds)
+        ]
+        top = tf.minimum(params[0]["top"], params[1]["top"])
+        left = tf.minimum(params[0]["left"], params[1]["left"])
+        bottom = tf.maximum(*(p["top"] + p["crop_height"] for p in params))
+        right = tf.maximum(*(p["left"] + p["crop_width"] for p in params))
+        window = tf.stack([top, left, bottom - top, right - left])
+        region = augment.to_rgb_float(tf.io.decode_and_crop_jpeg(image, window, channels=3))
+        views = {}
+        for name, config, p in zip(("view1", "view2"), (view1, view2), params):
+            shifted = {**p, "top": p["top"] - top, "left": p["left"] - left}
+            views[name] = augment.apply_view(region, shifted, size, config)
+        return views
+
+    def generic():
+        return augment.two_views(_decode(image), seed, size, view1, view2)
+
+    return tf.cond(tf.io.is_jpeg(image), fused, generic)
+
+
+def _eval_image(image, size):
+    """Center crop 0.875 then resize for large outputs; a plain resize for small ones."""
+    image = _decode(image)
+    if size > _SMALL_IMAGE_MAX:
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        side = tf.cast(_EVAL_CENTER_CROP * tf.reduce_min(shape), tf.int32)
+        top = tf.cast((shape[0] - tf.cast(side, tf.float32)) / 2, tf.int32)
+        left = tf.cast((shape[1] - tf.cast(side, tf.float32)) / 2, tf.int32)
+        image = tf.image.crop_to_bounding_box(image, top, left, side, side)
+    image = tf.image.resize(image, (size, size), method="bicubic")
+    image = tf.clip_by_value(image, 0.0, 1.0)
+    image.set_shape((size, size, 3))
+    return image
+
+
+def _device_source_image(image, size):
+    """For augment_on="device": a fixed-size uint8 square (center crop, resize) per image."""
+    image = _decode(image)
+    shape = tf.shape(image)[:2]
+    side = tf.reduce_min(shape)
+    image = tf.image.crop_to_bounding_box(
+        image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side
+    )
+    image = tf.image.resize(image, (size, size), method="bicubic")
+    image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+    image.set_shape((size, size, 3))
+    return image
+
+
+# ---------------------------------------------------------------------------- public
+def pretrain_dataset(
+    source,
+    *,
+    batch_size,
+    image_size,
+    split=None,
+    shuffle_buffer=10_000,
+    seed=0,
+    augment_on="cpu",
+    view1=augment.BYOL_VIEW1,
+    view2=augment.BYOL_VIEW2,
+    input_context=None,
+    repeat=False,
+):
+    """A tf.data pipeline of BYOL batches for `model.fit`.
+
+    Args:
+        source: a tensorflow-datasets name ("cifar10", "stl10" — unlabelled split by
+            default —, "imagenette/160px-v2", "imagenet2012", any dataset with an "image"
+            feature), a folder of jpg/png/bmp/gif files (nested; labels from first-level
+            subfolder names when every image is in one), an array of images (N, H, W[, C])
+            uint8 or float in [0, 1], or an (images, labels) tuple.
+        batch_size: batch size of this input pipeline (the global batch divided by the
+            number of pipelines under a strategy). Incomplete last batches are dropped.
+        image_size: output size S of the square views.
+        split: tfds split (default "train"; "unlabelled" for stl10).
+        shuffle_buffer: examples in the shuffle buffer.
+        seed: seeds the shuffle and every view; the same seed gives the same epoch.
+        augment_on: "cpu" — views made here in tf.data; "device" — batches carry
+            {"images": (B, S', S', 3) uint8} with S' = round(S / 0.875), for a BYOL model
+            with an `augmenter` (the random crop then works on that center square).
+        view1, view2: `augment.ViewConfig`s of the two views.
+        input_context: a `tf.distribute.InputContext` (from
+            `strategy.distribute_datasets_from_function`): shards per input pipeline.
+        repeat: repeat forever (then pass steps_per_epoch to fit).
+
+    Returns:
+        A batched, prefetched `tf.data.Dataset` of dicts (see the module docstring).
+    """
+    if augment_on not in ("cpu", "device"):
+        raise ValueError(f'augment_on must be "cpu" or "device"; got {augment_on!r}.')
+    if batch_size < 1 or image_size < 1:
+        raise ValueError(
+            f"batch_size and image_size must be positive; got {batch_size}, {image_size}."
+        )
+    records, count = _records(source, split, input_context, seed)
+    if count is not None and count < batch_size:
+        raise ValueError(
+            f"The source has {count} images, fewer than one batch of {batch_size}: "
+            "lower batch_size."
+        )
+    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        records = records.repeat()
+    if augment_on == "cpu":
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        examples = tf.data.Dataset.zip(records, seeds).map(
+            lambda r, s: {
+                **_views_from_record(r["image"], s, image_size, view1, view2),
+                "label": r["label"],
+            },
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        source_size = int(round(image_size / _EVAL_CENTER_CROP))
+        examples = records.map(
+            lambda r: {
+                "images": _device_source_image(r["image"], source_size),
+                "label": r["label"],
+            },
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return examples.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def eval_dataset(source, *, batch_size, image_size, split=None, input_context=None):
+    """(images, labels) batches for evaluation: center crop 0.875 (S > 64) or plain resize.
+
+    Args:
+        source: as in `pretrain_dataset`; it must have labels.
+        batch_size: batch size; the last, smaller batch is kept.
+        image_size: output size S.
+        split: tfds split (default "test" for tfds names).
+
+    Returns:
+        A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)) in source order.
+    """
+    if isinstance(source, str) and not os.path.isdir(source) and split is None:
+        split = "test"
+    records, _ = _records(source, split, input_context, seed=0)
+    return (
+        records.map(
+            lambda r: (_eval_image(r["image"], image_size), r["label"]),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
