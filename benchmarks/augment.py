@@ -90,7 +90,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="32,224")
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--peer-python", default="")
     args = parser.parse_args()

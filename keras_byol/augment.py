@@ -182,26 +182,39 @@ def sample_view_params(config, seed, height, width):
 
 
 # ----------------------------------------------------------------------------- the ops
-def to_rgb_float(image):
-    """(H, W, C) uint8 or float image, C ∈ {1, 3, 4} → (H, W, 3) float32 in [0, 1]."""
+def to_rgb(image):
+    """(H, W, C) uint8 or float image, C ∈ {1, 3, 4} → (H, W, 3), dtype kept (alpha dropped)."""
     channels = image.shape[-1]
     if channels not in (1, 3, 4):
         raise ValueError(f"Images need 1, 3 or 4 channels; got shape {image.shape}.")
-    if image.dtype == tf.uint8:
-        image = tf.cast(image, tf.float32) / 255.0
-    elif image.dtype.is_floating:
-        image = tf.cast(image, tf.float32)
-    else:
+    if image.dtype != tf.uint8 and not image.dtype.is_floating:
         raise TypeError(f"Images must be uint8 in [0, 255] or float in [0, 1]; got {image.dtype}.")
     if channels == 1:
         return tf.image.grayscale_to_rgb(image)
-    return image[..., :3]  # RGBA: the alpha channel is dropped
+    return image[..., :3]
+
+
+def to_float(image):
+    """uint8 [0, 255] → float32 [0, 1]; float images are cast to float32 unchanged."""
+    if image.dtype == tf.uint8:
+        return tf.cast(image, tf.float32) / 255.0
+    return tf.cast(image, tf.float32)
+
+
+def to_rgb_float(image):
+    """(H, W, C) uint8 or float image, C ∈ {1, 3, 4} → (H, W, 3) float32 in [0, 1]."""
+    return to_float(to_rgb(image))
 
 
 def crop_and_resize(image, top, left, crop_height, crop_width, size):
-    """Crops (top, left, h, w) from an (H, W, 3) float image and resizes it bicubically."""
+    """Crops (top, left, h, w) from an (H, W, 3) image and resizes it bicubically.
+
+    The crop is taken before the conversion to float, so a uint8 source is converted only
+    where it is kept. Returns (size, size, 3) float32 in [0, 1].
+    """
     crop = tf.slice(image, tf.stack([top, left, 0]), tf.stack([crop_height, crop_width, 3]))
-    return tf.clip_by_value(tf.image.resize(crop, (size, size), method="bicubic"), 0.0, 1.0)
+    resized = tf.image.resize(to_float(crop), (size, size), method="bicubic")
+    return tf.clip_by_value(resized, 0.0, 1.0)
 
 
 def adjust_brightness(image, delta):
@@ -216,11 +229,16 @@ def adjust_contrast(image, factor):
 
 
 def adjust_saturation(image, factor):
-    """HSV saturation × f (clipped to [0, 1]), back to RGB, clipped."""
-    hsv = tf.image.rgb_to_hsv(image)
-    h, s, v = tf.unstack(hsv, axis=-1)
-    s = tf.clip_by_value(s * factor, 0.0, 1.0)
-    return tf.clip_by_value(tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)), 0.0, 1.0)
+    """HSV saturation S → min(S·f, 1), hue and value kept, computed without an HSV round trip.
+
+    For a fixed hue H and value V = max(r, g, b), each channel is c = V − V·S·g_c(H), so
+    scaling S scales V − c: c′ = V − (V − c)·min(f, 1/S), with 1/S = V / (V − min(r, g, b)).
+    """
+    value = tf.reduce_max(image, axis=-1, keepdims=True)
+    chroma = value - tf.reduce_min(image, axis=-1, keepdims=True)
+    inverse_saturation = value / tf.maximum(chroma, 1e-12)
+    scale = tf.minimum(factor, inverse_saturation)
+    return tf.clip_by_value(value - (value - image) * scale, 0.0, 1.0)
 
 
 def adjust_hue(image, delta):
@@ -282,7 +300,7 @@ def solarize(image, threshold=0.5):
 
 
 def apply_view(image, params, size, config):
-    """One view of one (H, W, 3) float image in [0, 1] with pre-sampled `params`."""
+    """One view of one (H, W, 3) uint8 or float image with pre-sampled `params`."""
     view = crop_and_resize(
         image, params["top"], params["left"], params["crop_height"], params["crop_width"], size
     )
@@ -316,7 +334,7 @@ def two_views(image, seed, size, view1=BYOL_VIEW1, view2=BYOL_VIEW2):
         image: (H, W, C) uint8 or float image, C ∈ {1, 3, 4}, H, W ≥ 2.
         seed: int32/int64 tensor of shape (2,); equal seeds give equal views.
     """
-    image = to_rgb_float(image)
+    image = to_rgb(image)
     height, width = tf.shape(image)[0], tf.shape(image)[1]
     seed1, seed2 = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), 2))
     views = {}

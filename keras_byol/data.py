@@ -195,7 +195,7 @@ def _views_from_record(image, seed, size, view1, view2):
         bottom = tf.maximum(*(p["top"] + p["crop_height"] for p in params))
         right = tf.maximum(*(p["left"] + p["crop_width"] for p in params))
         window = tf.stack([top, left, bottom - top, right - left])
-        region = augment.to_rgb_float(tf.io.decode_and_crop_jpeg(image, window, channels=3))
+        region = tf.io.decode_and_crop_jpeg(image, window, channels=3)
         views = {}
         for name, config, p in zip(("view1", "view2"), (view1, view2), params):
             shifted = {**p, "top": p["top"] - top, "left": p["left"] - left}
@@ -203,7 +203,8 @@ def _views_from_record(image, seed, size, view1, view2):
         return views
 
     def generic():
-        return augment.two_views(_decode(image), seed, size, view1, view2)
+        decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
+        return augment.two_views(decoded, seed, size, view1, view2)
 
     return tf.cond(tf.io.is_jpeg(image), fused, generic)
 
