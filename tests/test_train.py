@@ -1,0 +1,268 @@
+"""The training job: configs, CLI end to end, resume after kill -9, export, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from keras_byol import config as config_module
+from keras_byol import experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _train(*flags, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_byol.train", *flags],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=ENV,
+    )
+
+
+def _parse(flagfile):
+    from keras_byol import train
+
+    train.FLAGS.unparse_flags()
+    train.FLAGS(["train", f"--flagfile={flagfile}"])
+    try:
+        return train.config_from_flags()
+    finally:
+        train.FLAGS.unparse_flags()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_config_parses_and_documents_itself(path):
+    text = path.read_text()
+    if path.name != "imagenet_base.cfg":  # the shared base is not a recipe of its own
+        for heading in ("# Command:", "# Hardware:", "# Time:", "# Result:"):
+            assert heading in text, f"{path.name} lacks {heading}"
+    cwd = os.getcwd()
+    os.chdir(ROOT)  # nested --flagfile paths are relative to the repository root
+    try:
+        config = _parse(path)
+    finally:
+        os.chdir(cwd)
+    assert isinstance(config, config_module.PretrainConfig)
+
+
+def test_presets_carry_the_official_values():
+    os.chdir(ROOT)
+    c1000 = _parse(ROOT / "configs" / "imagenet_resnet50_1000ep.cfg")
+    assert (
+        c1000.epochs,
+        c1000.base_learning_rate,
+        c1000.effective_weight_decay,
+        c1000.base_tau,
+    ) == (1000, 0.2, 1.5e-6, 0.996)
+    assert c1000.peak_learning_rate == pytest.approx(0.2 * 4096 / 256)
+    c300 = _parse(ROOT / "configs" / "imagenet_resnet50_300ep.cfg")
+    assert (c300.base_learning_rate, c300.base_tau, c300.batch_size) == (0.3, 0.99, 4096)
+    gn = _parse(ROOT / "configs" / "imagenet_resnet50_groupnorm_ws.cfg")
+    assert gn.norm == "group_ws" and gn.epochs == 1000
+    quick = _parse(ROOT / "configs" / "imagenette_resnet18.cfg")
+    assert (
+        quick.image_size,
+        quick.batch_size,
+        quick.base_learning_rate,
+        quick.effective_weight_decay,
+    ) == (128, 256, 2.0, 1e-6)
+
+
+def test_config_rules_name_the_offending_values():
+    with pytest.raises(ValueError, match="optimizer"):
+        config_module.PretrainConfig(optimizer="adam")
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        config_module.PretrainConfig(epochs=5, warmup_epochs=5)
+    with pytest.raises(ValueError, match="adamw"):
+        config_module.PretrainConfig(optimizer="adamw", learning_rate=0.2)
+    assert config_module.PretrainConfig(optimizer="adamw").peak_learning_rate == 1e-3
+    assert config_module.PretrainConfig(optimizer="sgd", batch_size=512).peak_learning_rate == 0.1
+
+
+@pytest.mark.slow
+def test_cli_end_to_end_on_smoke_config_then_rerun_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    result = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (
+        "epoch 2: loss" in result.stdout
+        and "tau" in result.stdout
+        and "projection_std" in result.stdout
+    )
+    assert "Linear probe / 20-NN accuracy" in result.stdout
+    for name in (
+        "config.json",
+        "byol.keras",
+        "checkpoint/byol.keras",
+        "encoder/saved_model.pb",
+        "eval.json",
+    ):
+        assert (workdir / name).exists(), name
+    assert list((workdir / "logs").rglob("events.out.tfevents.*"))
+    scores = json.loads((workdir / "eval.json").read_text())
+    assert set(scores) >= {"byol_linear", "byol_knn20", "random_linear", "random_knn20"}
+    assert not list(workdir.rglob("*.tmp*"))
+    again = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Resuming from" in again.stdout and "at step 6" in again.stdout
+    assert "epoch 1: loss" not in again.stdout  # nothing retrained
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_continues_the_schedules(tmp_path):
+    workdir = tmp_path / "run"
+    flags = ["--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--epochs=6", "--noevaluate"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keras_byol.train", *flags],
+        cwd=ROOT,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    checkpoint = workdir / "checkpoint" / "byol.keras"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "no checkpoint was written"
+    process.send_signal(signal.SIGKILL)  # mid-run, likely mid-epoch
+    process.wait()
+    saved = keras.models.load_model(checkpoint)
+    steps_at_kill = int(saved.optimizer.iterations)
+    assert steps_at_kill >= 3 and steps_at_kill % 3 == 0 and steps_at_kill < 18
+    resumed = _train(*flags)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"Resuming from {checkpoint} at step {steps_at_kill}" in resumed.stdout
+    final = keras.models.load_model(workdir / "byol.keras")
+    assert int(final.optimizer.iterations) == 18  # 6 epochs × 3 steps, none repeated or lost
+    assert int(final.tau_total_steps) == 18
+    # τ and LR continued: the first resumed epoch logs the schedule values of its own step.
+    first_epoch = steps_at_kill // 3 + 1
+    prefix = f"epoch {first_epoch}: loss"
+    line = next(text for text in resumed.stdout.splitlines() if text.startswith(prefix))
+    tau = float(line.split(" tau ")[1].split()[0])
+    k = first_epoch * 3 - 1
+    assert tau == pytest.approx(1 - (1 - 0.99) * (np.cos(np.pi * k / 18) + 1) / 2, abs=1e-5)
+
+
+_RELOAD = """
+import sys, numpy as np, tensorflow as tf
+assert "keras_byol" not in sys.modules
+loaded = tf.saved_model.load(sys.argv[1])
+images = np.load(sys.argv[2])
+out_float = loaded.serve(tf.constant(images.astype(np.float32) / 255.0)).numpy()
+out_uint8 = loaded.serve_uint8(tf.constant(images)).numpy()
+np.save(sys.argv[3], np.stack([out_float, out_uint8]))
+assert "serving_default" in loaded.signatures
+"""
+
+
+@pytest.mark.slow
+def test_exported_encoder_reloads_without_keras_byol(tmp_path):
+    workdir = tmp_path / "run"
+    result = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate")
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    np.save(tmp_path / "images.npy", images)
+    reload = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _RELOAD,
+            str(workdir / "encoder"),
+            str(tmp_path / "images.npy"),
+            str(tmp_path / "out.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**ENV, "PYTHONPATH": ""},
+        cwd=tmp_path,
+    )
+    assert reload.returncode == 0, reload.stderr[-3000:]
+    out_float, out_uint8 = np.load(tmp_path / "out.npy")
+    model = keras.models.load_model(workdir / "byol.keras")
+    expected = np.asarray(model.encoder(images.astype(np.float32) / 255.0, training=False))
+    assert out_float.shape == (5, 128)  # resnet18 at width 0.25: 512 × 0.25
+    np.testing.assert_allclose(out_float, expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(out_uint8, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--no_such_flag=1"], "Unknown command line flag 'no_such_flag'"),
+        (["--dataset=no_such_dataset_xyz"], "Unknown tensorflow-datasets name"),
+        (["--dataset=/no/such/folder"], "does not exist"),
+        (["--dataset=mnist"], "not prepared"),
+        (["--optimizer=adamw", "--learning_rate=2.0"], "adamw"),
+    ],
+)
+def test_bad_input_exits_with_a_message(tmp_path, flags, message):
+    result = _train("--flagfile=configs/smoke.cfg", f"--workdir={tmp_path / 'run'}", *flags)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoint").exists()
+
+
+@pytest.mark.slow
+def test_checkpoint_of_another_architecture_is_refused_untouched(tmp_path):
+    workdir = tmp_path / "run"
+    assert (
+        _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate").returncode
+        == 0
+    )
+    before = {
+        p: p.read_bytes() for p in (workdir / "config.json", workdir / "checkpoint" / "byol.keras")
+    }
+    result = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--width=0.5")
+    assert result.returncode == 1
+    assert "different architecture" in result.stderr and "width" in result.stderr
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
+    """The real guard and checkpoint callbacks in a real fit: a NaN batch stops training."""
+    import keras_byol
+
+    from conftest import tiny_encoder
+
+    model = keras_byol.BYOL(tiny_encoder(), projection_dim=8, hidden_dim=16)
+    model.compile(optimizer="sgd")
+    good = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
+    path = str(tmp_path / "checkpoint" / "byol.keras")
+    guard, checkpoint = experiment.DivergenceGuard(), experiment.AtomicCheckpoint(path, 1)
+    model.fit(
+        {"view1": good, "view2": good},
+        batch_size=4,
+        epochs=1,
+        verbose=0,
+        callbacks=[guard, checkpoint],
+    )
+    saved = Path(path).read_bytes()
+    bad = good.copy()
+    bad[5] = np.nan
+    model.fit(
+        {"view1": bad, "view2": bad},
+        batch_size=4,
+        epochs=3,
+        verbose=0,
+        callbacks=[guard, checkpoint],
+    )
+    assert guard.diverged_at_step == 4 and np.isfinite(guard.last_finite_loss)
+    assert int(model.optimizer.iterations) == 4  # stopped in the first epoch of the second fit
+    assert Path(path).read_bytes() == saved
