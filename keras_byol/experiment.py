@@ -5,6 +5,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 
 import keras
@@ -279,16 +280,21 @@ def pretrain(config, workdir):
                 initial_epoch=initial_epoch,
                 steps_per_epoch=steps_per_epoch,
                 callbacks=callbacks,
-                verbose=2,
+                verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal
             ).history
         if guard.diverged_at_step is not None:
+            if os.path.exists(checkpoint_path):
+                kept = (
+                    f"The last good checkpoint {checkpoint_path!r} is intact: lower the "
+                    "learning rate and rerun to resume from it."
+                )
+            else:
+                kept = "No checkpoint had been written yet: lower the learning rate and rerun."
             raise TrainingDiverged(
                 f"The BYOL loss became NaN/inf at optimizer step {guard.diverged_at_step} (last "
                 f"finite loss {guard.last_finite_loss}). Likely cause: a learning rate too high "
                 f"for optimizer={config.optimizer} (base {config.base_learning_rate}), or "
-                "mixed_float16 overflow. The last good checkpoint in "
-                f"{os.path.dirname(checkpoint_path)!r} is intact; lower the learning rate "
-                "and rerun to resume from it."
+                f"mixed_float16 overflow. {kept}"
             )
         checkpoint.set_model(model)
         checkpoint.save()

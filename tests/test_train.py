@@ -209,6 +209,7 @@ def test_exported_encoder_reloads_without_keras_byol(tmp_path):
         (["--dataset=/no/such/folder"], "does not exist"),
         (["--dataset=mnist"], "not prepared"),
         (["--optimizer=adamw", "--learning_rate=2.0"], "adamw"),
+        (["--optimizer=sgd", "--learning_rate=1e30"], "became NaN/inf at optimizer step"),
     ],
 )
 def test_bad_input_exits_with_a_message(tmp_path, flags, message):
