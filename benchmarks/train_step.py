@@ -13,7 +13,6 @@ own process (Keras fixes the backend per process) and prints one JSON line; the 
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -21,6 +20,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from machine import describe  # noqa: E402
+
 PEER = ROOT.parent / "shared" / "bench" / "peer_lightly.py"
 VARIANTS = {  # name → (KERAS_BACKEND, jit_compile, dtype policy)
     "tensorflow": ("tensorflow", False, "float32"),
@@ -85,18 +87,6 @@ def run_variant(name, batch, size, warmup, steps):
     }
 
 
-def _machine():
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
-    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", default=FP32_VARIANTS, help=f"any of {list(VARIANTS)}")
@@ -110,7 +100,7 @@ def main():
 
     if args.worker:
         result = run_variant(args.worker, args.batch, args.size, args.warmup, args.steps)
-        print(json.dumps({**result, "machine": _machine()}), flush=True)
+        print(json.dumps({**result, "machine": describe()}), flush=True)
         return
 
     results = {}
@@ -162,7 +152,7 @@ def main():
             .splitlines()[-1]
         )
         peer.pop("step_ms", None)
-        print(json.dumps({**peer, "machine": _machine()}), flush=True)
+        print(json.dumps({**peer, "machine": describe()}), flush=True)
         ratios = {
             name: round(r["images_per_s"] / peer["images_per_s"], 3) for name, r in results.items()
         }
@@ -172,7 +162,7 @@ def main():
                     "what": "train_step_ratio_vs_peer",
                     "ratios": ratios,
                     "peer_images_per_s": peer["images_per_s"],
-                    "machine": _machine(),
+                    "machine": describe(),
                 }
             )
         )

@@ -32,14 +32,19 @@ def _train(*flags, timeout=600):
 
 
 def _parse(flagfile):
+    """The PretrainConfig of a flagfile, parsed from the repository root (nested
+    --flagfile paths are relative to it) with the working directory restored after."""
     from keras_byol import train
 
+    cwd = os.getcwd()
+    os.chdir(ROOT)
     train.FLAGS.unparse_flags()
-    train.FLAGS(["train", f"--flagfile={flagfile}"])
     try:
+        train.FLAGS(["train", f"--flagfile={flagfile}"])
         return train.config_from_flags()
     finally:
         train.FLAGS.unparse_flags()
+        os.chdir(cwd)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -48,17 +53,10 @@ def test_every_config_parses_and_documents_itself(path):
     if path.name != "imagenet_base.cfg":  # the shared base is not a recipe of its own
         for heading in ("# Command:", "# Hardware:", "# Time:", "# Result:"):
             assert heading in text, f"{path.name} lacks {heading}"
-    cwd = os.getcwd()
-    os.chdir(ROOT)  # nested --flagfile paths are relative to the repository root
-    try:
-        config = _parse(path)
-    finally:
-        os.chdir(cwd)
-    assert isinstance(config, config_module.PretrainConfig)
+    assert isinstance(_parse(path), config_module.PretrainConfig)
 
 
 def test_presets_carry_the_official_values():
-    os.chdir(ROOT)
     c1000 = _parse(ROOT / "configs" / "imagenet_resnet50_1000ep.cfg")
     assert (
         c1000.epochs,
