@@ -65,6 +65,11 @@ def _list_image_folder(directory):
     return good, labels, class_names
 
 
+def folder_class_names(directory):
+    """Sorted first-level subfolder names that hold images ([] if images lie at the top)."""
+    return _list_image_folder(directory)[2]
+
+
 def _unreadable_reason(path):
     """Why `path` is not a readable image, or None when it is."""
     try:

@@ -60,6 +60,18 @@ def _sources(config):
     return config.dataset, (config.dataset, config.dataset)
 
 
+def _num_classes(config):
+    """Classes of the pretraining source's labels (for the online probe), or None."""
+    if config.dataset == BUNDLED_MNIST:
+        return 10
+    if os.path.isdir(config.dataset):
+        return len(data.folder_class_names(config.dataset)) or None
+    import tensorflow_datasets as tfds
+
+    label = tfds.builder(config.dataset).info.features.get("label")
+    return getattr(label, "num_classes", None)
+
+
 def _view_configs(config):
     if config.views == "small":
         return augment.SMALL_IMAGE_VIEW1, augment.SMALL_IMAGE_VIEW2
@@ -99,8 +111,9 @@ def build_encoder(config):
     )
 
 
-def build_model(config, steps_per_epoch):
-    """A compiled BYOL model with the configured optimizer and warm-up cosine LR."""
+def build_model(config, steps_per_epoch, num_classes=None):
+    """A compiled BYOL model with the configured optimizer and warm-up cosine LR; with
+    `num_classes`, an online linear probe reports `probe_accuracy` during pretraining."""
     keras.utils.set_random_seed(config.seed)
     augmenter = None
     if config.augment_on == "device":
@@ -112,6 +125,7 @@ def build_model(config, steps_per_epoch):
         hidden_dim=config.hidden_dim,
         predictor_hidden_dim=config.predictor_hidden_dim,
         augmenter=augmenter,
+        num_classes=num_classes,
     )
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
@@ -174,7 +188,8 @@ class DivergenceGuard(keras.callbacks.Callback):
 
 
 class EpochLog(keras.callbacks.Callback):
-    """One line per epoch: loss, τ, learning rate, collapse monitor; adds learning_rate."""
+    """One line per epoch: loss, τ, learning rate, collapse monitor and, with labels, the
+    online probe's accuracy; adds learning_rate to the logs (and so to TensorBoard)."""
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
@@ -190,10 +205,12 @@ class EpochLog(keras.callbacks.Callback):
             logs["learning_rate"],
             logs.get("projection_std", float("nan")),
         )
+        probe = logs.get("probe_accuracy")
         print(
             f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
             f"tau {logs.get('tau', float('nan')):.5f} lr {logs['learning_rate']:.4g} "
-            f"projection_std {logs.get('projection_std', float('nan')):.4f}",
+            f"projection_std {logs.get('projection_std', float('nan')):.4f}"
+            + ("" if probe is None else f" probe_accuracy {probe:.4f}"),
             flush=True,
         )
 
@@ -258,7 +275,7 @@ def pretrain(config, workdir):
             model = keras.models.load_model(checkpoint_path)
             print(f"Resuming from {checkpoint_path} at step {int(model.optimizer.iterations)}.")
         else:
-            model = build_model(config, steps_per_epoch)
+            model = build_model(config, steps_per_epoch, _num_classes(config))
         _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
         initial_epoch = int(model.optimizer.iterations) // steps_per_epoch
 

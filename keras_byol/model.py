@@ -73,6 +73,10 @@ class BYOL(keras.Model):
         augmenter: optional `augment.TwoViewAugmenter` (TensorFlow backend): batches may
             then be {"images": (B, H, W, 3) uint8 or float} and the views are made inside
             the train step, on the accelerator.
+        num_classes: adds an online linear probe: a Dense(num_classes) on the
+            stop-gradient online features of view 1, trained with its own cross-entropy in
+            the same step on batches with a "label" (−1 = unlabelled, skipped). It reports
+            `probe_accuracy` and does not change the BYOL gradients of the network.
 
     Example:
         >>> encoder = keras_byol.encoders.resnet("resnet18", (32, 32, 3), small_images=True)
@@ -93,6 +97,7 @@ class BYOL(keras.Model):
         predictor_hidden_dim=None,
         synchronized_batchnorm=False,
         augmenter=None,
+        num_classes=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -149,6 +154,13 @@ class BYOL(keras.Model):
             name="tau_total_steps",
             dtype="int32",
         )
+        self.num_classes = None if num_classes is None else int(num_classes)
+        self.probe = None
+        if self.num_classes is not None:
+            self.probe = keras.layers.Dense(self.num_classes, name="online_probe")
+            self.probe.build((None, feature_dim))
+            self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
+            self.probe_accuracy = keras.metrics.SparseCategoricalAccuracy(name="probe_accuracy")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.projection_std_tracker = keras.metrics.Mean(name="projection_std")
         self.built = True
@@ -210,7 +222,10 @@ class BYOL(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.projection_std_tracker]
+        metrics = [self.loss_tracker, self.projection_std_tracker]
+        if self.probe is not None:
+            metrics += [self.probe_loss_tracker, self.probe_accuracy]
+        return metrics
 
     def set_target_schedule(self, base_tau, total_steps):
         """Sets τ_base and K of the cosine τ schedule (callbacks.TargetUpdate calls this)."""
@@ -280,6 +295,12 @@ class BYOL(keras.Model):
             )
         return view1, view2
 
+    def batch_labels(self, data):
+        """The batch's "label" (B,) when the model has a probe, else None."""
+        if self.probe is None or not isinstance(data, dict):
+            return None
+        return data.get("label")
+
     # --------------------------------------------------------------------------- forward
     def call(self, inputs, training=False):
         """Online encoder features (B, D) of images, or of the dict's "view1"."""
@@ -288,21 +309,42 @@ class BYOL(keras.Model):
         return self.encoder(inputs, training=training)
 
     def online_forward(self, view, training=True):
-        """(projection z, prediction p) of the online network, each (B, projection_dim)."""
-        projection = self.projector(self.encoder(view, training=training), training=training)
-        return projection, self.predictor(projection, training=training)
+        """(features y, projection z, prediction p): (B, D), (B, d), (B, d) online."""
+        features = self.encoder(view, training=training)
+        projection = self.projector(features, training=training)
+        return features, projection, self.predictor(projection, training=training)
 
     def target_forward(self, view):
         """Target projection z′ (B, projection_dim), in training mode as the paper does."""
         return self.target_projector(self.target_encoder(view, training=True), training=True)
 
-    def compute_byol_loss(self, view1, view2):
-        """(loss, online projection of view 1): each view in its own call (per-view BN)."""
-        z1, p1 = self.online_forward(view1)
-        z2, p2 = self.online_forward(view2)
+    def compute_losses(self, view1, view2, labels=None):
+        """(total loss, outputs) for one batch; each view goes through its own call.
+
+        outputs: "byol_loss" (scalar), "projection" (online z of view 1) and, with a probe
+        and labels, "probe_loss", "probe_logits", "labels", "label_mask".
+        """
+        features1, z1, p1 = self.online_forward(view1)
+        _, z2, p2 = self.online_forward(view2)
         target_z1 = self.target_forward(view1)
         target_z2 = self.target_forward(view2)
-        return byol_loss(p1, p2, target_z1, target_z2), z1
+        loss = byol_loss(p1, p2, target_z1, target_z2)
+        outputs = {"byol_loss": loss, "projection": z1}
+        if self.probe is None or labels is None:
+            return loss, outputs
+        # The probe reads the online features through a stop-gradient: it learns from
+        # BYOL's representation without changing it.
+        logits = ops.cast(self.probe(ops.stop_gradient(features1)), "float32")
+        mask = ops.cast(labels >= 0, "float32")
+        safe_labels = ops.where(labels >= 0, labels, ops.zeros_like(labels))
+        cross_entropy = keras.losses.sparse_categorical_crossentropy(
+            safe_labels, logits, from_logits=True
+        )
+        probe_loss = ops.sum(cross_entropy * mask) / ops.maximum(ops.sum(mask), 1.0)
+        outputs.update(
+            probe_loss=probe_loss, probe_logits=logits, labels=safe_labels, label_mask=mask
+        )
+        return loss + probe_loss, outputs
 
     def polyak_update(self, tau):
         """ξ ← τ·ξ + (1 − τ)·θ for every averaged parameter (runs inside the compiled step)."""
@@ -310,12 +352,17 @@ class BYOL(keras.Model):
         for target, online in self._averaged_pairs:
             target.assign_sub(one_minus_tau * (target - online))
 
-    def update_metrics(self, loss, projection):
-        """Updates the loss and collapse (std of normalized projections) trackers."""
-        projection = ops.cast(projection, "float32")
+    def update_metrics(self, outputs):
+        """Updates loss, collapse monitor (std of normalized projections) and probe metrics."""
+        projection = ops.cast(outputs["projection"], "float32")
         normalized = projection / ops.maximum(ops.norm(projection, axis=-1, keepdims=True), 1e-12)
-        self.loss_tracker.update_state(loss)
+        self.loss_tracker.update_state(outputs["byol_loss"])
         self.projection_std_tracker.update_state(ops.mean(ops.std(normalized, axis=0)))
+        if "probe_logits" in outputs:
+            self.probe_loss_tracker.update_state(outputs["probe_loss"])
+            self.probe_accuracy.update_state(
+                outputs["labels"], outputs["probe_logits"], sample_weight=outputs["label_mask"]
+            )
         return {m.name: m.result() for m in self.metrics}
 
     # -------------------------------------------------------------------------- training
@@ -365,6 +412,7 @@ class BYOL(keras.Model):
             "hidden_dim": self.hidden_dim,
             "predictor_hidden_dim": self.predictor_hidden_dim,
             "synchronized_batchnorm": self.synchronized_batchnorm,
+            "num_classes": self.num_classes,
             "augmenter": (
                 None
                 if self.augmenter is None

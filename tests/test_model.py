@@ -94,8 +94,8 @@ def test_target_starts_as_exact_copy_and_is_not_trainable():
 def test_train_step_loss_uses_target_in_training_mode():
     model = _model()
     view1, view2 = view_batches(BATCH)
-    _, p1 = model.online_forward(view1)
-    _, p2 = model.online_forward(view2)
+    _, _, p1 = model.online_forward(view1)
+    _, _, p2 = model.online_forward(view2)
     z1 = model.target_projector(model.target_encoder(view1, training=True), training=True)
     z2 = model.target_projector(model.target_encoder(view2, training=True), training=True)
 
@@ -246,7 +246,7 @@ def test_get_config_roundtrip():
 def test_mixed_precision_trains_without_nan(policy):
     keras.config.set_dtype_policy(policy)
     model = _model()
-    loss, _ = model.compute_byol_loss(*view_batches(BATCH))
+    loss, _ = model.compute_losses(*view_batches(BATCH))
     assert keras.backend.standardize_dtype(loss.dtype) == "float32"
     history = model.fit(_dataset(8), epochs=2, verbose=0)
     assert np.all(np.isfinite(history.history["loss"]))
@@ -316,3 +316,59 @@ def test_fit_before_compile_and_with_loss_are_rejected():
     model.compile(optimizer="sgd", loss="mse")
     with pytest.raises(ValueError, match="own loss"):
         model.fit(_dataset(8), epochs=1, verbose=0)
+
+
+# -------------------------------------------------------------------------- online probe
+def _labelled_dataset(labels):
+    view1, view2 = view_batches(len(labels))
+    data = {"view1": view1, "view2": view2, "label": np.asarray(labels, "int32")}
+    return tf.data.Dataset.from_tensor_slices(data).batch(BATCH)
+
+
+def _probed_twin(model, num_classes=3):
+    """A BYOL with a probe whose every shared weight equals `model`'s."""
+    twin = keras_byol.BYOL.from_config({**model.get_config(), "num_classes": num_classes})
+    for part in ("encoder", "projector", "predictor", "target_encoder", "target_projector"):
+        getattr(twin, part).set_weights(getattr(model, part).get_weights())
+    twin.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    return twin
+
+
+def test_online_probe_does_not_change_the_byol_gradients():
+    plain = _model()
+    probed = _probed_twin(plain)
+    probe_before = [np.array(v) for v in probed.probe.weights]
+    labels = np.arange(16) % 3
+    plain_history = plain.fit(
+        _labelled_dataset(labels), epochs=1, verbose=0, callbacks=[TargetUpdate(0.9)]
+    )
+    history = probed.fit(
+        _labelled_dataset(labels), epochs=1, verbose=0, callbacks=[TargetUpdate(0.9)]
+    )
+    for part in ("encoder", "projector", "predictor", "target_encoder", "target_projector"):
+        _assert_weights_close(
+            getattr(probed, part).weights, [np.asarray(v) for v in getattr(plain, part).weights]
+        )
+    assert not np.allclose(np.asarray(probed.probe.weights[0]), probe_before[0])
+    assert 0.0 <= history.history["probe_accuracy"][0] <= 1.0
+    assert history.history["probe_loss"][0] > 0
+    # The reported loss is the BYOL loss alone, as without a probe.
+    assert history.history["loss"][0] == pytest.approx(plain_history.history["loss"][0], rel=1e-5)
+
+
+def test_online_probe_skips_unlabelled_examples():
+    probed = _probed_twin(_model())
+    before = [np.array(v) for v in probed.probe.weights]
+    probed.fit(_labelled_dataset([-1] * 8), epochs=1, verbose=0)
+    _assert_weights_close(probed.probe.weights, before, atol=0)
+
+
+def test_online_probe_saves_and_loads(tmp_path):
+    probed = _probed_twin(_model(), num_classes=4)
+    probed.fit(_labelled_dataset(np.arange(8) % 4), epochs=1, verbose=0)
+    probed.save(tmp_path / "probed.keras")
+    loaded = keras.models.load_model(tmp_path / "probed.keras")
+    assert loaded.num_classes == 4
+    _assert_weights_close(
+        loaded.probe.weights, [np.asarray(v) for v in probed.probe.weights], atol=0
+    )

@@ -34,22 +34,23 @@ def train_step(model, state, data):
     """
     trainable, non_trainable, optimizer_values, metrics_values = state
     view1, view2 = model.unpack_views(data)
+    labels = model.batch_labels(data)
     model_variables = model.trainable_variables + model.non_trainable_variables
     num_trainable = len(trainable)
 
     def loss_fn(trainable_values, non_trainable_values):
-        (loss, projection), new_values = _run_stateless(
+        (loss, outputs), new_values = _run_stateless(
             model_variables,
             list(trainable_values) + list(non_trainable_values),
-            lambda: model.compute_byol_loss(view1, view2),
+            lambda: model.compute_losses(view1, view2, labels),
         )
         scaled_loss, _ = _run_stateless(
             model.optimizer.variables, optimizer_values, lambda: model.optimizer.scale_loss(loss)
         )
-        return scaled_loss, (loss, projection, new_values[num_trainable:])
+        return scaled_loss, (outputs, new_values[num_trainable:])
 
     gradient_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (loss, projection, non_trainable)), gradients = gradient_fn(trainable, non_trainable)
+    (_, (outputs, non_trainable)), gradients = gradient_fn(trainable, non_trainable)
 
     # k = optimizer steps taken before this one: the τ index of the official code.
     step = optimizer_values[_iterations_index(model.optimizer)]
@@ -64,6 +65,6 @@ def train_step(model, state, data):
     non_trainable = new_values[num_trainable:]
 
     logs, metrics_values = _run_stateless(
-        model.metrics_variables, metrics_values, lambda: model.update_metrics(loss, projection)
+        model.metrics_variables, metrics_values, lambda: model.update_metrics(outputs)
     )
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)

@@ -11,15 +11,16 @@ def train_step(model, data):
         data: a dict batch {"view1", "view2"} of (B, H, W, 3) float images in [0, 1].
 
     Returns:
-        Dict of metric results (loss, projection_std).
+        Dict of metric results (loss, projection_std; probe_loss, probe_accuracy).
     """
     view1, view2 = model.unpack_views(data)
+    labels = model.batch_labels(data)
     optimizer = model.optimizer
     online_variables = model.trainable_variables
     # k = optimizer steps taken before this one: the τ index of the official code.
     step = tf.identity(optimizer.iterations)
     with tf.GradientTape() as tape:
-        loss, projection = model.compute_byol_loss(view1, view2)
+        loss, outputs = model.compute_losses(view1, view2, labels)
         # Gradients are summed over replicas: divide by their count so the update is the
         # mean over the global batch.
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
@@ -27,4 +28,4 @@ def train_step(model, data):
     gradients = tape.gradient(scaled_loss, online_variables)
     optimizer.apply(gradients, online_variables)
     model.polyak_update(model.current_tau(step))
-    return model.update_metrics(loss, projection)
+    return model.update_metrics(outputs)
