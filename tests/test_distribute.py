@@ -1,0 +1,96 @@
+"""MirroredStrategy on 2 logical CPUs: one step on a global batch 2B equals one single-device
+step on the same 2B examples (synchronized BatchNorm), and differs without sync.
+
+Logical devices must be configured before TensorFlow starts, so the check runs in a fresh
+process and prints its measurements as JSON.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_SCRIPT = """
+import json, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from keras import layers
+import keras_byol
+from keras_byol.callbacks import TargetUpdate
+
+def build(sync):
+    keras.utils.set_random_seed(0)
+    images = keras.Input((8, 8, 3))
+    x = layers.Conv2D(4, 3, padding="same")(images)
+    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync)(x)
+    encoder = keras.Model(images, layers.GlobalAveragePooling2D()(layers.ReLU()(x)))
+    model = keras_byol.BYOL(encoder, projection_dim=8, hidden_dim=16, synchronized_batchnorm=sync)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    return model
+
+rng = np.random.default_rng(0)
+views = {"view1": rng.random((8, 8, 8, 3), dtype=np.float32),
+         "view2": rng.random((8, 8, 8, 3), dtype=np.float32)}
+dataset = lambda: tf.data.Dataset.from_tensor_slices(views).batch(8)  # global batch 2B = 8
+
+single = build(False)
+initial = [np.array(v) for v in single.weights]
+trainable_ids = {id(v) for v in single.trainable_variables}
+online_initial = [w for v, w in zip(single.weights, initial) if id(v) in trainable_ids]
+target_initial = [np.array(v) for v in single.target_weights]
+def one_step(model):
+    history = model.fit(dataset(), epochs=1, verbose=0, callbacks=[TargetUpdate(0.9, 10)])
+    return history.history["loss"][0]
+
+loss_single = one_step(single)
+
+def relative(a_vars, b_vars, start):
+    num = sum(np.sum((np.asarray(a) - np.asarray(b)) ** 2) for a, b in zip(a_vars, b_vars))
+    den = sum(np.sum((np.asarray(b) - s) ** 2) for b, s in zip(b_vars, start))
+    return float(np.sqrt(num / den))
+
+result = {"loss_single": loss_single}
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+for sync in (True, False):
+    with strategy.scope():
+        model = build(sync)
+    for variable, value in zip(model.weights, initial):
+        variable.assign(value)
+    loss = one_step(model)
+    result["sync" if sync else "no_sync"] = {
+        "replicas": strategy.num_replicas_in_sync,
+        "loss_rel_err": abs(loss - loss_single) / loss_single,
+        "online_update_rel_err": relative(
+            model.trainable_variables, single.trainable_variables, online_initial),
+        "target_update_rel_err": relative(
+            model.target_weights, single.target_weights, target_initial),
+    }
+print(json.dumps(result))
+"""
+
+
+def test_mirrored_strategy_step_equals_the_single_device_step():
+    result = subprocess.run(
+        [sys.executable, "-c", _SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(json.dumps(measured, indent=2))  # the measured values, shown with pytest -s
+    sync, no_sync = measured["sync"], measured["no_sync"]
+    assert sync["replicas"] == 2
+    # Synchronized BN: the same step as on one device (loss exactly, update to float error).
+    assert sync["loss_rel_err"] <= 1e-5
+    assert sync["online_update_rel_err"] <= 2e-3
+    assert sync["target_update_rel_err"] <= 2e-3
+    # Without synchronization each replica normalizes its own half: a different step.
+    assert no_sync["online_update_rel_err"] > 0.05
+    assert no_sync["loss_rel_err"] > 1e-3
