@@ -25,6 +25,11 @@ CONFIG_FILE = "config.json"
 BUNDLED_MNIST = "bundled:mnist"
 
 
+def steps_done(model):
+    """Optimizer steps taken (works for strategy-mirrored variables too)."""
+    return int(model.optimizer.iterations.numpy())
+
+
 class TrainingDiverged(RuntimeError):
     """Raised when the loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -101,17 +106,27 @@ def _pretrain_data(config, source):
 
 
 # -------------------------------------------------------------------------------- model
-def build_encoder(config):
+def build_encoder(config, synchronized_batchnorm=False):
     return encoders.resnet(
         config.encoder,
         input_shape=(config.image_size, config.image_size, 3),
         small_images=config.small_images,
         width=config.width,
         norm=config.norm,
+        synchronized_batchnorm=synchronized_batchnorm,
     )
 
 
-def build_model(config, steps_per_epoch, num_classes=None):
+def make_strategy(config):
+    """The `tf.distribute.Strategy` that `config.strategy` names."""
+    import tensorflow as tf
+
+    if config.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnorm=False):
     """A compiled BYOL model with the configured optimizer and warm-up cosine LR; with
     `num_classes`, an online linear probe reports `probe_accuracy` during pretraining."""
     keras.utils.set_random_seed(config.seed)
@@ -120,12 +135,13 @@ def build_model(config, steps_per_epoch, num_classes=None):
         view1, view2 = _view_configs(config)
         augmenter = augment.TwoViewAugmenter(view1, view2, config.image_size, seed=config.seed)
     model = BYOL(
-        build_encoder(config),
+        build_encoder(config, synchronized_batchnorm),
         projection_dim=config.projection_dim,
         hidden_dim=config.hidden_dim,
         predictor_hidden_dim=config.predictor_hidden_dim,
         augmenter=augmenter,
         num_classes=num_classes,
+        synchronized_batchnorm=synchronized_batchnorm,
     )
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
@@ -183,7 +199,7 @@ class DivergenceGuard(keras.callbacks.Callback):
         if math.isfinite(loss):
             self.last_finite_loss = float(loss)
         elif self.diverged_at_step is None:
-            self.diverged_at_step = int(self.model.optimizer.iterations.numpy())
+            self.diverged_at_step = steps_done(self.model)
             self.model.stop_training = True
 
 
@@ -248,13 +264,18 @@ def _replace_directory(source, target):
 
 
 # ------------------------------------------------------------------------------- public
-def pretrain(config, workdir):
+def pretrain(config, workdir, strategy=None):
     """Pretrains BYOL as `config` says, resuming from `workdir` if it holds a checkpoint.
 
     Writes WORKDIR/config.json, WORKDIR/checkpoint/byol.keras (every
     `checkpoint_every_epochs` and at the end), TensorBoard logs in WORKDIR/logs, the full
     model WORKDIR/byol.keras, the online encoder SavedModel (`export_dir` or
     WORKDIR/encoder) and, when `config.evaluate`, WORKDIR/eval.json.
+
+    Args:
+        config: a `PretrainConfig`.
+        workdir: the run folder.
+        strategy: a `tf.distribute.Strategy` to use instead of `config.strategy`.
 
     Returns:
         dict with "history" (per-epoch metrics of this call), "epochs_done", "steps_done",
@@ -263,6 +284,14 @@ def pretrain(config, workdir):
     Raises:
         ValueError: bad config, data source or workdir; TrainingDiverged: non-finite loss.
     """
+    strategy = strategy or make_strategy(config)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"The global batch_size={config.batch_size} does not split evenly over {replicas} "
+            f"replicas; use a multiple of {replicas}."
+        )
+    synchronized = config.sync_batchnorm and replicas > 1
     os.makedirs(workdir, exist_ok=True)
     _check_workdir(config, workdir)
     previous_policy = keras.config.dtype_policy()
@@ -271,13 +300,15 @@ def pretrain(config, workdir):
         source, eval_sources = _sources(config)
         dataset, steps_per_epoch = _pretrain_data(config, source)
         checkpoint_path = os.path.join(workdir, CHECKPOINT)
-        if os.path.exists(checkpoint_path):
-            model = keras.models.load_model(checkpoint_path)
-            print(f"Resuming from {checkpoint_path} at step {int(model.optimizer.iterations)}.")
-        else:
-            model = build_model(config, steps_per_epoch, _num_classes(config))
+        with strategy.scope():
+            if os.path.exists(checkpoint_path):
+                model = keras.models.load_model(checkpoint_path)
+                step = steps_done(model)
+                print(f"Resuming from {checkpoint_path} at step {step}.")
+            else:
+                model = build_model(config, steps_per_epoch, _num_classes(config), synchronized)
         _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
-        initial_epoch = int(model.optimizer.iterations) // steps_per_epoch
+        initial_epoch = steps_done(model) // steps_per_epoch
 
         guard = DivergenceGuard()
         checkpoint = AtomicCheckpoint(checkpoint_path, config.checkpoint_every_epochs)
@@ -332,8 +363,8 @@ def pretrain(config, workdir):
             _write_atomically(os.path.join(workdir, "eval.json"), json.dumps(results, indent=2))
         return {
             "history": history,
-            "epochs_done": int(model.optimizer.iterations) // steps_per_epoch,
-            "steps_done": int(model.optimizer.iterations),
+            "epochs_done": steps_done(model) // steps_per_epoch,
+            "steps_done": steps_done(model),
             "export_dir": export_dir,
             "eval": results,
         }

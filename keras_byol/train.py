@@ -97,7 +97,22 @@ flags.DEFINE_enum(
     ["cpu", "device"],
     "Make the views in tf.data (cpu) or inside the train step (device).",
 )
-flags.DEFINE_enum("strategy", _DEFAULTS.strategy, list(STRATEGIES), "Distribution strategy.")
+flags.DEFINE_enum(
+    "strategy",
+    _DEFAULTS.strategy,
+    list(STRATEGIES),
+    "default: one device; mirrored: MirroredStrategy over the local GPUs (or logical CPUs).",
+)
+flags.DEFINE_bool(
+    "sync_batchnorm",
+    _DEFAULTS.sync_batchnorm,
+    "With several replicas, synchronize BatchNorm statistics across them (the paper's setting).",
+)
+flags.DEFINE_integer(
+    "logical_cpus",
+    0,
+    "Split the CPU into this many logical devices (to try --strategy=mirrored without GPUs).",
+)
 flags.DEFINE_integer(
     "steps_per_execution", _DEFAULTS.steps_per_execution, "Train steps per compiled call."
 )
@@ -130,6 +145,13 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     logging.getLogger("keras_byol").setLevel(logging.WARNING)
     absl_logging.set_verbosity(absl_logging.WARNING)  # TF's export logs at INFO otherwise
+    if FLAGS.logical_cpus > 1:
+        import tensorflow as tf  # configured before anything else initializes TensorFlow
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.logical_cpus
+        )
     from keras_byol import experiment  # TensorFlow loads here, after the flags parsed
 
     try:

@@ -209,6 +209,7 @@ def test_exported_encoder_reloads_without_keras_byol(tmp_path):
         (["--dataset=mnist"], "not prepared"),
         (["--optimizer=adamw", "--learning_rate=2.0"], "adamw"),
         (["--optimizer=sgd", "--learning_rate=1e30"], "became NaN/inf at optimizer step"),
+        (["--strategy=mirrored", "--logical_cpus=2", "--batch_size=31"], "does not split evenly"),
     ],
 )
 def test_bad_input_exits_with_a_message(tmp_path, flags, message):
@@ -266,3 +267,20 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     assert guard.diverged_at_step == 4 and np.isfinite(guard.last_finite_loss)
     assert int(model.optimizer.iterations) == 4  # stopped in the first epoch of the second fit
     assert Path(path).read_bytes() == saved
+
+
+@pytest.mark.slow
+def test_cli_runs_under_mirrored_strategy_on_logical_cpus(tmp_path):
+    workdir = tmp_path / "run"
+    result = _train(
+        "--flagfile=configs/smoke.cfg",
+        f"--workdir={workdir}",
+        "--strategy=mirrored",
+        "--logical_cpus=2",
+        "--eval_epochs=1",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "epoch 2: loss" in result.stdout and "Done: 6 steps" in result.stdout
+    assert (workdir / "encoder" / "saved_model.pb").exists()
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["strategy"] == "mirrored" and saved["sync_batchnorm"] is True
