@@ -1,20 +1,31 @@
 """keras_byol: BYOL (Bootstrap Your Own Latent) for Keras 3.
 
 Public names: `BYOL` and the submodules `losses`, `schedules`, `optimizers`, `encoders`,
-`heads`, `callbacks`, and — loaded on first use, since they need TensorFlow — `augment`
-and `data`. Importing sets no precision policy, device or seed.
+`heads`, `callbacks`, `monitors`, `evaluation`, and — loaded on first use, since they need
+TensorFlow — `augment`, `data`, `export`, `config` and `experiment`. Importing sets no
+precision policy, device or seed.
 """
 
 import importlib
 
-from keras_byol import callbacks, encoders, heads, losses, optimizers, schedules
+from keras_byol import (
+    callbacks,
+    encoders,
+    evaluation,
+    heads,
+    losses,
+    monitors,
+    optimizers,
+    schedules,
+)
 from keras_byol.model import BYOL
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("augment", "data")
+_LAZY_SUBMODULES = ("augment", "data", "export", "config", "experiment")
 
-__all__ = ["BYOL", "callbacks", "encoders", "heads", "losses", "optimizers", "schedules"]
+__all__ = ["BYOL", "callbacks", "encoders", "evaluation", "heads", "losses", "monitors"]
+__all__ += ["optimizers", "schedules"]
 __all__ += list(_LAZY_SUBMODULES)
 
 

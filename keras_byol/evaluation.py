@@ -62,7 +62,8 @@ def knn_accuracy(
     """Top-1 accuracy of a k-NN vote on cosine similarity, in chunks of test features.
 
     `temperature=None` gives a plain majority vote; a float weights each neighbour by
-    exp(similarity / temperature) (the k=200, T=0.1 monitor of peers).
+    exp(similarity / temperature) (the k=200, T=0.1 monitor of peers). Ties go to the lowest
+    class index (as `np.bincount(...).argmax()` in the quality peer).
     """
     _check_labels(train_labels, test_labels)
     train = train_features / np.maximum(

@@ -15,6 +15,7 @@ from keras_byol import augment, data, encoders, evaluation, export
 from keras_byol.callbacks import TargetUpdate
 from keras_byol.config import PretrainConfig
 from keras_byol.model import BYOL
+from keras_byol.monitors import CollapseMonitor
 from keras_byol.optimizers import LARS
 from keras_byol.schedules import WarmupCosine
 
@@ -316,6 +317,7 @@ def pretrain(config, workdir, strategy=None):
             TargetUpdate(config.base_tau, total_steps=config.epochs * steps_per_epoch),
             guard,
             EpochLog(),
+            CollapseMonitor(),
             keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
             checkpoint,
         ]

@@ -15,7 +15,10 @@ assert keras.config.dtype_policy().name == policy == "float32", keras.config.dty
 assert keras.config.floatx() == seed_gen
 import sys
 assert "keras_byol.backends.tensorflow" not in sys.modules  # loaded by the first train step
-for name in ("BYOL", "losses", "schedules", "optimizers", "encoders", "heads", "callbacks"):
+assert "keras_byol.data" not in sys.modules and "keras_byol.export" not in sys.modules
+assert keras_byol.augment.TwoViewAugmenter and keras_byol.data.pretrain_dataset  # lazy, on use
+for name in ("BYOL", "losses", "schedules", "optimizers", "encoders", "heads", "callbacks",
+             "monitors", "evaluation"):
     assert hasattr(keras_byol, name), name
 assert callable(keras_byol.losses.regression_loss) and callable(keras_byol.losses.byol_loss)
 assert callable(keras_byol.schedules.target_decay) and keras_byol.schedules.WarmupCosine
