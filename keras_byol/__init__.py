@@ -2,8 +2,8 @@
 
 Public names: `BYOL` and the submodules `losses`, `schedules`, `optimizers`, `encoders`,
 `heads`, `callbacks`, `monitors`, `evaluation`, and — loaded on first use, since they need
-TensorFlow — `augment`, `data`, `export`, `config` and `experiment`. Importing sets no
-precision policy, device or seed.
+TensorFlow or matplotlib — `augment`, `data`, `export`, `config`, `distribute`, `experiment`
+and `plots`. Importing sets no precision policy, device or seed.
 """
 
 import importlib
@@ -22,7 +22,7 @@ from keras_byol.model import BYOL
 
 __version__ = "0.1.0"
 
-_LAZY_SUBMODULES = ("augment", "data", "export", "config", "experiment")
+_LAZY_SUBMODULES = ("augment", "data", "export", "config", "distribute", "experiment", "plots")
 
 __all__ = ["BYOL", "callbacks", "encoders", "evaluation", "heads", "losses", "monitors"]
 __all__ += ["optimizers", "schedules"]

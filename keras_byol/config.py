@@ -3,10 +3,11 @@
 import dataclasses
 import json
 
+from keras_byol.distribute import STRATEGIES
+
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 VIEW_PRESETS = ("byol", "small")
-STRATEGIES = ("default", "mirrored")
 
 # Safe per-optimizer defaults: LARS learning rates given to SGD or AdamW make BYOL collapse
 # or diverge (BYOL_SPEC, "mistakes"). LARS/SGD rates are base rates scaled by batch/256.
@@ -47,8 +48,10 @@ class PretrainConfig:
         seed: seeds weights, shuffling and views.
         views: byol (the paper's two views) | small (blur off, jitter strength 0.5).
         augment_on: cpu (tf.data) | device (inside the train step).
-        strategy: default (one device) | mirrored (tf.distribute.MirroredStrategy over the
-            local GPUs, or the logical CPUs): the global batch is split across replicas.
+        strategy: default (one device) | mirrored (MirroredStrategy over the local GPUs or
+            logical CPUs) | multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG) | tpu
+            (TPUStrategy): the global batch is split across replicas.
+        tpu: with strategy=tpu, the TPU name or grpc://IP:PORT ("" = the runtime's TPU).
         sync_batchnorm: with more than one replica, synchronize BatchNorm statistics across
             replicas (the paper's setting); off, each replica normalizes its own slice.
         steps_per_execution, jit_compile: passed to `compile`.
@@ -82,6 +85,7 @@ class PretrainConfig:
     views: str = "small"
     augment_on: str = "cpu"
     strategy: str = "default"
+    tpu: str = ""
     sync_batchnorm: bool = True
     steps_per_execution: int = 1
     jit_compile: bool = False

@@ -66,10 +66,7 @@ def knn_accuracy(
     class index (as `np.bincount(...).argmax()` in the quality peer).
     """
     _check_labels(train_labels, test_labels)
-    train = train_features / np.maximum(
-        np.linalg.norm(train_features, axis=1, keepdims=True), 1e-12
-    )
-    test = test_features / np.maximum(np.linalg.norm(test_features, axis=1, keepdims=True), 1e-12)
+    train, test = _unit_rows(train_features), _unit_rows(test_features)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     correct = 0
     for start in range(0, len(test), chunk_size):
@@ -81,6 +78,60 @@ def knn_accuracy(
         np.add.at(votes, (np.arange(len(neighbours))[:, None], train_labels[neighbours]), weights)
         correct += int(np.sum(votes.argmax(1) == test_labels[start : start + chunk_size]))
     return correct / len(test)
+
+
+def linear_and_knn(encoder, train, test, *, epochs=100, k=20, seed=0):
+    """Linear-probe and k-NN top-1 accuracy of a frozen encoder's features.
+
+    Args:
+        encoder: a Keras model (B, H, W, 3) float [0, 1] → (B, D).
+        train, test: (images (N, H, W, 3) float32 in [0, 1], labels (N,) int) tuples.
+        epochs: linear-probe epochs; k: neighbours of the majority vote.
+
+    Returns:
+        {"linear": float, f"knn{k}": float}.
+    """
+    train_features = extract_features(encoder, train[0])
+    test_features = extract_features(encoder, test[0])
+    return {
+        "linear": linear_probe(
+            train_features, train[1], test_features, test[1], epochs=epochs, seed=seed
+        ),
+        f"knn{k}": knn_accuracy(train_features, train[1], test_features, test[1], k=k),
+    }
+
+
+def _unit_rows(features):
+    features = np.asarray(features, np.float32)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def nearest_neighbors(query_features, bank_features, k=5, *, chunk_size=1024):
+    """Indices (Q, k) of the k most cosine-similar bank rows for each query, best first.
+
+    Args:
+        query_features: (Q, D) features; bank_features: (N, D) features, N ≥ k.
+
+    Returns:
+        (indices (Q, k) int64, similarities (Q, k) float32), similarity descending.
+    """
+    query, bank = _unit_rows(query_features), _unit_rows(bank_features)
+    if query.ndim != 2 or bank.ndim != 2 or query.shape[1] != bank.shape[1]:
+        raise ValueError(
+            f"Features must be (Q, D) and (N, D) with the same D; got {query.shape} and "
+            f"{bank.shape}."
+        )
+    if not 1 <= k <= len(bank):
+        raise ValueError(f"k must be in [1, {len(bank)}] (the bank size); got {k}.")
+    indices, similarities = [], []
+    for start in range(0, len(query), chunk_size):
+        similarity = query[start : start + chunk_size] @ bank.T
+        top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        top_similarity = np.take_along_axis(similarity, top, axis=1)
+        order = np.argsort(-top_similarity, axis=1, kind="stable")
+        indices.append(np.take_along_axis(top, order, axis=1))
+        similarities.append(np.take_along_axis(top_similarity, order, axis=1))
+    return np.concatenate(indices).astype(np.int64), np.concatenate(similarities)
 
 
 def _check_labels(train_labels, test_labels):

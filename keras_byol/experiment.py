@@ -11,7 +11,7 @@ import time
 import keras
 import numpy as np
 
-from keras_byol import augment, data, encoders, evaluation, export
+from keras_byol import augment, data, distribute, encoders, evaluation, export
 from keras_byol.callbacks import TargetUpdate
 from keras_byol.config import PretrainConfig
 from keras_byol.model import BYOL
@@ -84,26 +84,60 @@ def _view_configs(config):
     return augment.BYOL_VIEW1, augment.BYOL_VIEW2
 
 
-def _pretrain_data(config, source):
+def _pretrain_data(config, source, strategy):
+    """(distributed dataset repeating forever, steps per epoch) for `strategy`.
+
+    Each input pipeline (one per worker) reads its own shard with per-replica batches and
+    its own view seeds; `strategy.distribute_datasets_from_function` deals its batches to
+    the worker's replicas.
+    """
+    import tensorflow as tf
+
     view1, view2 = _view_configs(config)
-    dataset = data.pretrain_dataset(
-        source,
-        batch_size=config.batch_size,
-        image_size=config.image_size,
-        shuffle_buffer=config.shuffle_buffer,
-        seed=config.seed,
-        augment_on=config.augment_on,
-        view1=view1,
-        view2=view2,
+    batches_per_epoch = []
+
+    def dataset_fn(input_context):
+        dataset = data.pretrain_dataset(
+            source,
+            batch_size=input_context.get_per_replica_batch_size(config.batch_size),
+            image_size=config.image_size,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed + input_context.input_pipeline_id,
+            augment_on=config.augment_on,
+            view1=view1,
+            view2=view2,
+            input_context=input_context,
+        )
+        replicas_per_pipeline = (
+            input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        )
+        batches_per_epoch.append(int(dataset.cardinality()) // replicas_per_pipeline)
+        return dataset.repeat()
+
+    dataset = strategy.distribute_datasets_from_function(
+        dataset_fn, tf.distribute.InputOptions(experimental_fetch_to_device=True)
     )
-    steps = int(dataset.cardinality())
+    steps = batches_per_epoch[0] if batches_per_epoch else -1
+    chunk = config.steps_per_execution
     if config.steps_per_epoch:
         steps = config.steps_per_epoch
+        if steps % chunk:
+            raise ValueError(
+                f"steps_per_epoch={steps} is not a multiple of steps_per_execution={chunk} "
+                "(Keras would run whole chunks and overshoot every epoch); make it one."
+            )
     elif steps <= 0:
         raise ValueError(
             f"The length of dataset {config.dataset!r} is unknown; set steps_per_epoch."
         )
-    return dataset.repeat(), steps
+    elif steps < chunk:
+        raise ValueError(
+            f"An epoch of {config.dataset!r} has {steps} batches, fewer than "
+            f"steps_per_execution={chunk}; lower steps_per_execution or batch_size."
+        )
+    else:
+        steps -= steps % chunk  # whole chunks: Keras would otherwise overshoot each epoch
+    return dataset, steps
 
 
 # -------------------------------------------------------------------------------- model
@@ -116,15 +150,6 @@ def build_encoder(config, synchronized_batchnorm=False):
         norm=config.norm,
         synchronized_batchnorm=synchronized_batchnorm,
     )
-
-
-def make_strategy(config):
-    """The `tf.distribute.Strategy` that `config.strategy` names."""
-    import tensorflow as tf
-
-    if config.strategy == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
 
 
 def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnorm=False):
@@ -276,16 +301,19 @@ def pretrain(config, workdir, strategy=None):
     Args:
         config: a `PretrainConfig`.
         workdir: the run folder.
-        strategy: a `tf.distribute.Strategy` to use instead of `config.strategy`.
+        strategy: a `tf.distribute.Strategy` to use instead of `config.strategy`. Under
+            multi-worker strategies every worker calls `pretrain` with the same shared
+            workdir; only the chief writes to it.
 
     Returns:
         dict with "history" (per-epoch metrics of this call), "epochs_done", "steps_done",
-        "export_dir" and "eval" (or None).
+        "export_dir" and "eval" (None on workers other than the chief, which write nothing)
+        and "model" (the trained `BYOL`).
 
     Raises:
         ValueError: bad config, data source or workdir; TrainingDiverged: non-finite loss.
     """
-    strategy = strategy or make_strategy(config)
+    strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(
@@ -293,22 +321,25 @@ def pretrain(config, workdir, strategy=None):
             f"replicas; use a multiple of {replicas}."
         )
     synchronized = config.sync_batchnorm and replicas > 1
+    chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
     _check_workdir(config, workdir)
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
         source, eval_sources = _sources(config)
-        dataset, steps_per_epoch = _pretrain_data(config, source)
+        dataset, steps_per_epoch = _pretrain_data(config, source, strategy)
         checkpoint_path = os.path.join(workdir, CHECKPOINT)
+        distribute.check_workers_see_the_same_checkpoint(strategy, checkpoint_path)
         with strategy.scope():
             if os.path.exists(checkpoint_path):
                 model = keras.models.load_model(checkpoint_path)
                 step = steps_done(model)
-                print(f"Resuming from {checkpoint_path} at step {step}.")
+                print(f"Resuming from {checkpoint_path} at step {step}.", flush=True)
             else:
                 model = build_model(config, steps_per_epoch, _num_classes(config), synchronized)
-        _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
+        if chief:
+            _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
         initial_epoch = steps_done(model) // steps_per_epoch
 
         guard = DivergenceGuard()
@@ -318,9 +349,9 @@ def pretrain(config, workdir, strategy=None):
             guard,
             EpochLog(),
             CollapseMonitor(),
-            keras.callbacks.TensorBoard(os.path.join(workdir, "logs")),
-            checkpoint,
         ]
+        if chief:  # one writer per cluster; the other workers read the chief's checkpoint
+            callbacks += [keras.callbacks.TensorBoard(os.path.join(workdir, "logs")), checkpoint]
         start = time.time()
         history = {}
         if initial_epoch < config.epochs:
@@ -346,32 +377,47 @@ def pretrain(config, workdir, strategy=None):
                 f"for optimizer={config.optimizer} (base {config.base_learning_rate}), or "
                 f"mixed_float16 overflow. {kept}"
             )
+        train_seconds = time.time() - start
+        result = {
+            "history": history,
+            "epochs_done": steps_done(model) // steps_per_epoch,
+            "steps_done": steps_done(model),
+            "export_dir": None,
+            "eval": None,
+            "model": model,
+        }
+        if not chief:
+            return result
+
         checkpoint.set_model(model)
         checkpoint.save()
-        train_seconds = time.time() - start
-
         model.save(os.path.join(workdir, "byol.keras.tmp.keras"))
         os.replace(
             os.path.join(workdir, "byol.keras.tmp.keras"), os.path.join(workdir, "byol.keras")
         )
+        # A one-device copy of the online encoder: exported and evaluated outside the
+        # strategy, so no collective op waits for the other workers.
+        encoder = single_device_encoder(config, model.encoder)
         export_dir = config.export_dir or os.path.join(workdir, "encoder")
-        export.export_encoder(model, export_dir + ".tmp")
+        export.export_encoder(encoder, export_dir + ".tmp")
         _replace_directory(export_dir + ".tmp", export_dir)
+        result["export_dir"] = export_dir
 
-        results = None
         if config.evaluate and eval_sources is not None:
-            results = evaluate_against_random(config, model.encoder, eval_sources)
+            results = evaluate_against_random(config, encoder, eval_sources)
             results["pretrain_seconds_this_call"] = round(train_seconds, 1)
             _write_atomically(os.path.join(workdir, "eval.json"), json.dumps(results, indent=2))
-        return {
-            "history": history,
-            "epochs_done": steps_done(model) // steps_per_epoch,
-            "steps_done": steps_done(model),
-            "export_dir": export_dir,
-            "eval": results,
-        }
+            result["eval"] = results
+        return result
     finally:
         keras.config.set_dtype_policy(previous_policy)
+
+
+def single_device_encoder(config, encoder):
+    """A copy of `encoder` built in the default strategy (plain BatchNorm), same weights."""
+    copy = build_encoder(config)
+    copy.set_weights(encoder.get_weights())
+    return copy
 
 
 def evaluate_against_random(config, encoder, eval_sources):
@@ -391,17 +437,9 @@ def evaluate_against_random(config, encoder, eval_sources):
     keras.utils.set_random_seed(config.seed)
     results = {}
     for name, net in (("byol", encoder), ("random", build_encoder(config))):
-        train_features = evaluation.extract_features(net, train[0])
-        test_features = evaluation.extract_features(net, test[0])
-        results[f"{name}_linear"] = round(
-            evaluation.linear_probe(
-                train_features, train[1], test_features, test[1], epochs=config.eval_epochs
-            ),
-            4,
-        )
-        results[f"{name}_knn20"] = round(
-            evaluation.knn_accuracy(train_features, train[1], test_features, test[1], k=20), 4
-        )
+        scores = evaluation.linear_and_knn(net, train, test, epochs=config.eval_epochs)
+        results[f"{name}_linear"] = round(scores["linear"], 4)
+        results[f"{name}_knn20"] = round(scores["knn20"], 4)
     print(
         "Linear probe / 20-NN accuracy on held-out images: "
         f"BYOL {results['byol_linear']:.4f} / {results['byol_knn20']:.4f}, "

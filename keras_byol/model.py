@@ -378,6 +378,29 @@ class BYOL(keras.Model):
             )
         return backend_step.train_step(self, *args)
 
+    def make_train_function(self, force=False):
+        if (
+            keras.backend.backend() == "tensorflow"
+            and self.steps_per_execution > 1
+            and self.distribute_strategy.num_replicas_in_sync > 1
+        ):
+            from keras_byol.backends import tensorflow as backend_step
+
+            if self.train_function is None or force:
+                self.train_function = backend_step.make_distributed_multi_step_function(self)
+            return self.train_function
+        return super().make_train_function(force)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TF trainer (3.15) builds a model under a strategy by all-reducing a first
+        # batch with strategy.reduce, which MultiWorkerMirroredStrategy cannot do on a dict
+        # of per-replica views ("Attempt to convert a value ({'view1': PerReplica..."). BYOL
+        # builds its networks in __init__, so only the optimizer is left to build and no
+        # batch is needed.
+        if iterator is not None and all(layer.built for layer in self._flatten_layers()):
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _check_compiled_for_byol(self):
         # compile() itself is not overridden: Keras then skips compile_from_config on
         # load and the optimizer state (and with it the τ position) would be lost.
@@ -401,6 +424,10 @@ class BYOL(keras.Model):
         if not any(isinstance(callback, TargetUpdate) for callback in callbacks):
             callbacks.append(TargetUpdate())
         arguments["callbacks"] = callbacks
+        if hasattr(arguments.get("x"), "element_spec"):
+            # A tf.data input is shuffled by its pipeline; Keras would warn that shuffle=True
+            # (its default) is ignored.
+            arguments.setdefault("shuffle", False)
         return super().fit(**arguments)
 
     # --------------------------------------------------------------------- serialization

@@ -101,7 +101,14 @@ flags.DEFINE_enum(
     "strategy",
     _DEFAULTS.strategy,
     list(STRATEGIES),
-    "default: one device; mirrored: MirroredStrategy over the local GPUs (or logical CPUs).",
+    "default: one device; mirrored: MirroredStrategy over the local GPUs (or logical CPUs); "
+    "multi_worker: MultiWorkerMirroredStrategy, one process per worker, cluster from TF_CONFIG, "
+    "the same shared --workdir on every worker; tpu: TPUStrategy on --tpu.",
+)
+flags.DEFINE_string(
+    "tpu",
+    _DEFAULTS.tpu,
+    "With --strategy=tpu: TPU name or grpc://IP:8470; empty on a Cloud TPU VM or Colab TPU.",
 )
 flags.DEFINE_bool(
     "sync_batchnorm",
@@ -160,7 +167,10 @@ def main(argv):
     except (ValueError, TypeError, experiment.TrainingDiverged) as error:
         print(f"keras_byol.train: {error}", file=sys.stderr)
         sys.exit(1)
-    print(f"Done: {result['steps_done']} steps; encoder exported to {result['export_dir']}.")
+    if result["export_dir"] is None:
+        print(f"Done: {result['steps_done']} steps (a worker: the chief writes the workdir).")
+    else:
+        print(f"Done: {result['steps_done']} steps; encoder exported to {result['export_dir']}.")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """MirroredStrategy on 2 logical CPUs: one step on a global batch 2B equals one single-device
-step on the same 2B examples (synchronized BatchNorm), and differs without sync.
+step on the same 2B examples (synchronized BatchNorm), and differs without sync; with
+steps_per_execution=3 the strategy gives the same weights as 3 single-step calls.
 
 Logical devices must be configured before TensorFlow starts, so the check runs in a fresh
 process and prints its measurements as JSON.
@@ -22,14 +23,14 @@ from keras import layers
 import keras_byol
 from keras_byol.callbacks import TargetUpdate
 
-def build(sync):
+def build(sync, steps_per_execution=1):
     keras.utils.set_random_seed(0)
     images = keras.Input((8, 8, 3))
     x = layers.Conv2D(4, 3, padding="same")(images)
     x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync)(x)
     encoder = keras.Model(images, layers.GlobalAveragePooling2D()(layers.ReLU()(x)))
     model = keras_byol.BYOL(encoder, projection_dim=8, hidden_dim=16, synchronized_batchnorm=sync)
-    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    model.compile(optimizer=keras.optimizers.SGD(0.5), steps_per_execution=steps_per_execution)
     return model
 
 rng = np.random.default_rng(0)
@@ -69,6 +70,24 @@ for sync in (True, False):
         "target_update_rel_err": relative(
             model.target_weights, single.target_weights, target_initial),
     }
+
+# steps_per_execution under the strategy: 3 steps in one call == 3 calls of one step.
+many = {k: np.concatenate([v, v[::-1], v[:, ::-1]]) for k, v in views.items()}  # 3 batches
+runs = {}
+for steps_per_execution in (1, 3):
+    with strategy.scope():
+        model = build(True, steps_per_execution)
+    for variable, value in zip(model.weights, initial):
+        variable.assign(value)
+    model.fit(tf.data.Dataset.from_tensor_slices(many).batch(8), epochs=1, verbose=0,
+              callbacks=[TargetUpdate(0.9, 3)])
+    runs[steps_per_execution] = model
+one, three = runs[1], runs[3]
+result["steps_per_execution"] = {
+    "iterations": [int(one.optimizer.iterations.numpy()), int(three.optimizer.iterations.numpy())],
+    "online_rel_err": relative(three.trainable_variables, one.trainable_variables, online_initial),
+    "target_rel_err": relative(three.target_weights, one.target_weights, target_initial),
+}
 print(json.dumps(result))
 """
 
@@ -94,3 +113,7 @@ def test_mirrored_strategy_step_equals_the_single_device_step():
     # Without synchronization each replica normalizes its own half: a different step.
     assert no_sync["online_update_rel_err"] > 0.05
     assert no_sync["loss_rel_err"] > 1e-3
+    # steps_per_execution=3 under the strategy skips no target update.
+    chunked = measured["steps_per_execution"]
+    assert chunked["iterations"] == [3, 3]
+    assert chunked["online_rel_err"] <= 1e-4 and chunked["target_rel_err"] <= 1e-4

@@ -4,6 +4,7 @@ Keras fixes its backend per process, so these run pytest / Python in a subproces
 KERAS_BACKEND=jax. Skipped only when jax itself is not installed.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -75,3 +76,55 @@ def test_jax_path_trains_and_saves_without_tensorflow(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-4000:]
     assert result.stdout.strip().endswith("ok")
+
+
+_DATA_PARALLEL = """
+import json, numpy as np, keras, jax, keras_byol
+from keras_byol.callbacks import TargetUpdate
+from tests.conftest import tiny_encoder, view_batches
+
+view1, view2 = view_batches(32)
+
+def train(distribution):
+    keras.distribution.set_distribution(distribution)
+    keras.utils.set_random_seed(0)
+    model = keras_byol.BYOL(tiny_encoder(), projection_dim=8, hidden_dim=16)
+    model.compile(optimizer=keras.optimizers.SGD(0.5), steps_per_execution=2)
+    initial = [np.array(v) for v in model.trainable_variables + model.target_weights]
+    history = model.fit({"view1": view1, "view2": view2}, batch_size=8, epochs=1, shuffle=False,
+                        verbose=0, callbacks=[TargetUpdate(0.9, 4)])
+    final = [np.array(v) for v in model.trainable_variables + model.target_weights]
+    return model, history.history["loss"][0], initial, final
+
+single, loss_single, start, end_single = train(None)
+parallel, loss_parallel, start_parallel, end_parallel = train(keras.distribution.DataParallel())
+def update(a, b, s):
+    num = sum(np.sum((x - y) ** 2) for x, y in zip(a, b))
+    return float(np.sqrt(num / sum(np.sum((y - z) ** 2) for y, z in zip(b, s))))
+print(json.dumps({
+    "devices": len(jax.devices()),
+    "mesh_devices": int(parallel.trainable_variables[0].value.sharding.mesh.size),
+    "same_start": max(float(np.max(np.abs(a - b))) for a, b in zip(start, start_parallel)),
+    "loss_rel_err": abs(loss_parallel - loss_single) / loss_single,
+    "update_rel_err": update(end_parallel, end_single, start),
+    "steps": int(parallel.optimizer.iterations),
+}))
+"""
+
+
+def test_data_parallel_on_two_devices_equals_the_one_device_run():
+    """keras.distribution.DataParallel over 2 CPU devices: the batch is split across them
+    and BatchNorm statistics stay global (XLA computes them over the sharded batch), so 4
+    steps give the one-device result."""
+    result = _run(
+        [sys.executable, "-c", _DATA_PARALLEL],
+        KERAS_BACKEND="jax",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    print(measured)
+    assert measured["devices"] == 2 and measured["mesh_devices"] == 2
+    assert measured["same_start"] == 0.0 and measured["steps"] == 4
+    assert measured["loss_rel_err"] <= 1e-5
+    assert measured["update_rel_err"] <= 1e-3

@@ -17,7 +17,11 @@ from keras_byol import experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
+ENV = {
+    **{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+    "PYTHONPATH": str(ROOT),
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
 
 
 def _train(*flags, timeout=600):
@@ -210,6 +214,9 @@ def test_exported_encoder_reloads_without_keras_byol(tmp_path):
         (["--optimizer=adamw", "--learning_rate=2.0"], "adamw"),
         (["--optimizer=sgd", "--learning_rate=1e30"], "became NaN/inf at optimizer step"),
         (["--strategy=mirrored", "--logical_cpus=2", "--batch_size=31"], "does not split evenly"),
+        (["--strategy=multi_worker"], "needs a valid TF_CONFIG"),
+        (["--strategy=tpu", "--tpu=grpc://127.0.0.1:1"], "no TPU at grpc://127.0.0.1:1"),
+        (["--steps_per_execution=2"], "not a multiple of steps_per_execution=2"),
     ],
 )
 def test_bad_input_exits_with_a_message(tmp_path, flags, message):
