@@ -96,6 +96,17 @@ SMALL_IMAGE_VIEW1 = dataclasses.replace(
 """Small images (CIFAR-style, ~32 px): blur off, jitter strength 0.5; otherwise view 1."""
 SMALL_IMAGE_VIEW2 = dataclasses.replace(SMALL_IMAGE_VIEW1, solarize_p=0.2)
 """Small images: as SMALL_IMAGE_VIEW1 with view 2's solarize p 0.2."""
+LINEAR_EVAL_VIEW = ViewConfig(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
+"""Training images of the linear and fine-tuning protocols: random resized crop + flip only."""
+
+
+def one_view(image, seed, size, config=LINEAR_EVAL_VIEW):
+    """One random view (size, size, 3) float32 in [0, 1] of an (H, W, C) image; seed (2,)."""
+    image = to_rgb(image)
+    params = sample_view_params(
+        config, tf.cast(seed, tf.int64), tf.shape(image)[0], tf.shape(image)[1]
+    )
+    return apply_view(image, params, size, config)
 
 
 # ---------------------------------------------------------------------------- sampling

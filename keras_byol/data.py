@@ -70,6 +70,32 @@ def folder_class_names(directory):
     return _list_image_folder(directory)[2]
 
 
+def labels_of(source, split="train"):
+    """(N,) int64 labels of `source` in its order (−1 where it has none)."""
+    if isinstance(source, tuple) and len(source) == 2:
+        return np.asarray(source[1], np.int64)
+    if isinstance(source, np.ndarray):
+        return np.full(len(source), -1, np.int64)
+    records, _ = _records(source, split, None, seed=0)
+    return np.fromiter(
+        records.map(lambda r: r["label"]).batch(4096).unbatch().as_numpy_iterator(), np.int64
+    )
+
+
+def num_classes(source):
+    """Number of classes of a labelled source, or None when it has no labels."""
+    if isinstance(source, tuple) and len(source) == 2:
+        return int(np.max(source[1])) + 1 if len(source[1]) else None
+    if isinstance(source, np.ndarray):
+        return None
+    if os.path.isdir(source):
+        return len(folder_class_names(source)) or None
+    import tensorflow_datasets as tfds
+
+    label = tfds.builder(source).info.features.get("label")
+    return getattr(label, "num_classes", None)
+
+
 def _unreadable_reason(path):
     """Why `path` is not a readable image, or None when it is."""
     try:
@@ -318,6 +344,58 @@ def pretrain_dataset(
             num_parallel_calls=tf.data.AUTOTUNE,
         )
     return examples.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+
+def labelled_train_dataset(
+    source,
+    *,
+    batch_size,
+    image_size,
+    split="train",
+    view=augment.LINEAR_EVAL_VIEW,
+    shuffle_buffer=10_000,
+    seed=0,
+    indices=None,
+):
+    """Shuffled (random view, label) batches for training a classifier (linear, fine-tune).
+
+    Args:
+        source: as in `pretrain_dataset`; it must have labels.
+        view: the `augment.ViewConfig` of the training view (random resized crop + flip).
+        indices: keep only these example positions (a label subset), or None for all.
+
+    Returns:
+        A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)); the last,
+        smaller batch is kept.
+    """
+    records, _ = _records(source, split, None, seed)
+    if indices is not None:
+        keys = tf.constant(np.asarray(indices, np.int64))
+        keep = tf.lookup.StaticHashTable(
+            tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys)), default_value=0
+        )
+        records = records.enumerate().filter(lambda i, r: keep.lookup(i) > 0).map(lambda i, r: r)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    return (
+        tf.data.Dataset.zip(records.shuffle(shuffle_buffer, seed=seed), seeds)
+        .map(
+            lambda r, s: (
+                augment.one_view(_decode_raw(r["image"]), s, image_size, view),
+                r["label"],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+
+
+def _decode_raw(image):
+    """Encoded bytes → (H, W, 3) uint8; decoded images pass through."""
+    if image.dtype == tf.string:
+        return tf.io.decode_image(image, channels=3, expand_animations=False)
+    return image
 
 
 def eval_dataset(source, *, batch_size, image_size, split=None, input_context=None):

@@ -1,14 +1,100 @@
-"""Evaluation of a frozen (online) encoder: linear probe and weighted kNN on its features."""
+"""Evaluation of the online encoder: linear probe, kNN, the spec's linear protocol,
+fine-tuning and label subsets (semi-supervised), and loading exported encoders.
+
+Images are float32 in [0, 1], (N, H, W, 3); labels int (N,) ≥ 0. Functions taking
+`train`/`test` accept (images, labels) arrays or `tf.data` datasets of such batches.
+"""
 
 import math
+import os
 
 import keras
 import numpy as np
 
 
 def extract_features(encoder, images, batch_size=256):
-    """(N, D) float32 features of the encoder in inference mode (BatchNorm moving stats)."""
-    return np.asarray(encoder.predict(images, batch_size=batch_size, verbose=0), np.float32)
+    """(N, D) float32 features of the encoder in inference mode (BatchNorm moving stats).
+
+    `images`: an (N, H, W, 3) array or a dataset of image batches.
+    """
+    features = np.asarray(encoder.predict(images, batch_size=batch_size, verbose=0), np.float32)
+    check_features(features)
+    return features
+
+
+def check_features(features):
+    """Raises ValueError unless `features` is (N, D): what every protocol here needs."""
+    if np.ndim(features) != 2:
+        raise ValueError(
+            f"The encoder must output (batch, features); it outputs shape {np.shape(features)}. "
+            "End it with keras.layers.GlobalAveragePooling2D() (or Flatten)."
+        )
+
+
+def load_encoder(path):
+    """The encoder stored at `path`, as a Keras model (images → (B, D) features).
+
+    Args:
+        path: a `.keras` file (a `keras_byol.BYOL` — its ONLINE encoder is returned — or an
+            encoder model), or a SavedModel folder written by `export.export_encoder` (its
+            `serve` signature, wrapped in `keras.layers.TFSMLayer`; inference mode only).
+
+    Raises:
+        ValueError: no such file, or a SavedModel without a `serve` signature.
+    """
+    path = os.fspath(path)
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise ValueError(f"No model file at {path!r}.")
+        model = keras.models.load_model(path)
+        return getattr(model, "encoder", model)
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise ValueError(
+            f"{path!r} is neither a .keras file nor a SavedModel folder; pass "
+            "WORKDIR/encoder (the export) or WORKDIR/byol.keras of a training run."
+        )
+    import tensorflow as tf
+
+    signatures = tf.saved_model.load(path).signatures
+    if "serve" not in signatures:
+        raise ValueError(
+            f"The SavedModel at {path!r} has no 'serve' signature (it has "
+            f"{sorted(signatures)}). Export the encoder with keras_byol.export.export_encoder, "
+            "or pass the .keras model instead."
+        )
+    (spec,) = signatures["serve"].structured_input_signature[1].values()
+    encoder = keras.Sequential(
+        [keras.Input(tuple(spec.shape[1:])), keras.layers.TFSMLayer(path, call_endpoint="serve")]
+    )
+    encoder.from_saved_model = True
+    return encoder
+
+
+def label_subset(labels, fraction, seed=0):
+    """Positions of a fixed, class-balanced, seeded fraction of the labelled examples.
+
+    Each class keeps fraction × its count examples (rounded half up), chosen by a
+    seeded permutation: the semi-supervised protocol's 1% / 10% subsets.
+
+    Raises:
+        ValueError: fraction outside (0, 1], or a class left without any example.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1]; got {fraction}.")
+    _check_labels(labels, labels)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = int(math.floor(fraction * len(members) + 0.5))  # round half up
+        if count == 0:
+            raise ValueError(
+                f"label_fraction={fraction} leaves class {label} (with {len(members)} "
+                f"examples) empty; use a fraction of at least {1 / len(members):.3g}."
+            )
+        chosen.append(rng.permutation(members)[:count])
+    return np.sort(np.concatenate(chosen))
 
 
 def linear_probe(
@@ -144,3 +230,238 @@ def _check_labels(train_labels, test_labels):
             "Evaluation needs class labels for every train and test example; this source has "
             "none (label −1). Use a labelled split or a folder with one subfolder per class."
         )
+
+
+# ------------------------------------------------------------------ classifier protocols
+def _classification_metrics(num_classes):
+    top5 = keras.metrics.SparseTopKCategoricalAccuracy(k=min(5, num_classes), name="top5")
+    return [keras.metrics.SparseCategoricalAccuracy(name="top1"), top5]
+
+
+def _sgd(base_learning_rate, batch_size, total_steps):
+    """SGD, Nesterov momentum 0.9, LR base × batch/256 with cosine decay to 0, no decay."""
+    schedule = keras.optimizers.schedules.CosineDecay(
+        base_learning_rate * batch_size / 256, max(1, total_steps)
+    )
+    return keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True)
+
+
+def _classifier(encoder, num_classes, seed, trainable):
+    """encoder → Dense(num_classes) logits; a frozen encoder runs BatchNorm in inference."""
+    encoder.trainable = trainable
+    inputs = keras.Input(tuple(encoder.inputs[0].shape[1:]))
+    features = encoder(inputs)
+    keras.utils.set_random_seed(seed)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, name="classifier")(features))
+
+
+def _batches(x, y, batch_size, shuffle_seed=None):
+    """(x, y) batches; reshuffled every epoch with `shuffle_seed` (the same order for any x)."""
+    import tensorflow as tf
+
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(len(y), seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size)
+
+
+def _fit_and_score(model, train, test, *, epochs, steps_per_epoch, batch_size, lr, classes):
+    model.compile(
+        optimizer=_sgd(lr, batch_size, epochs * steps_per_epoch),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=_classification_metrics(classes),
+    )
+    model.fit(train, epochs=epochs, verbose=0)
+    scores = model.evaluate(test, verbose=0, return_dict=True)
+    return {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
+
+
+def _images_and_labels(source, image_size, split, batch_size=256):
+    """Center-cropped (or resized) evaluation images and labels of `source`, in memory."""
+    from keras_byol import data
+
+    batches = list(
+        data.eval_dataset(source, batch_size=batch_size, image_size=image_size, split=split)
+    )
+    images = np.concatenate([b[0].numpy() for b in batches])
+    labels = np.concatenate([b[1].numpy() for b in batches])
+    return images, labels
+
+
+def _subset(labels, label_fraction, seed):
+    if label_fraction is None or label_fraction == 1.0:
+        return None
+    return label_subset(labels, label_fraction, seed)
+
+
+def linear_eval(
+    encoder,
+    train_source,
+    test_source,
+    *,
+    image_size,
+    epochs=90,
+    batch_size=256,
+    base_learning_rate=0.2,
+    augment=True,
+    precompute=True,
+    label_fraction=None,
+    seed=0,
+    train_split="train",
+    test_split="test",
+):
+    """The spec's linear evaluation of a frozen encoder: top-1 and top-5 on the test split.
+
+    A linear classifier on the frozen encoder (BatchNorm in inference mode), trained with
+    SGD, Nesterov momentum 0.9, LR base × batch/256, cosine decay, no weight decay, on
+    random resized crops + flips (`augment=True`); test images are center-cropped (0.875)
+    or, for small images, resized. With `augment=False` the training images are the test
+    preprocessing; then `precompute=True` (the fast path) computes the features once and
+    trains the classifier on them, which gives the result of the full model up to float
+    error.
+
+    Args:
+        encoder: a Keras model images (B, S, S, 3) in [0, 1] → (B, D) (`load_encoder`).
+        train_source, test_source: labelled sources as in `data.pretrain_dataset` (tfds name,
+            folder, or (images, labels) arrays).
+        label_fraction: train on a fixed, balanced, seeded fraction of the labels.
+
+    Returns:
+        {"top1": float, "top5": float, "train_examples": int}.
+    """
+    from keras_byol import data
+
+    labels = data.labels_of(train_source, train_split)
+    _check_labels(labels, labels)
+    classes = data.num_classes(train_source)
+    subset = _subset(labels, label_fraction, seed)
+    examples = len(labels) if subset is None else len(subset)
+    steps = math.ceil(examples / batch_size)
+    was_trainable = encoder.trainable
+    test_images, test_labels = _images_and_labels(test_source, image_size, test_split)
+    _check_labels(labels, test_labels)
+    run = dict(epochs=epochs, steps_per_epoch=steps, batch_size=batch_size,
+               lr=base_learning_rate, classes=classes)  # fmt: skip
+    if augment:
+        train = data.labelled_train_dataset(
+            train_source, batch_size=batch_size, image_size=image_size, split=train_split,
+            seed=seed, indices=subset, shuffle_buffer=min(examples, 50_000),
+        )  # fmt: skip
+        model = _classifier(encoder, classes, seed, trainable=False)
+        test = _batches(test_images, test_labels, batch_size)
+        result = _fit_and_score(model, train, test, **run)
+    else:
+        images, labels = _images_and_labels(train_source, image_size, train_split)
+        if subset is not None:
+            images, labels = images[subset], labels[subset]
+        if precompute:
+            train_x, test_x = (
+                extract_features(encoder, images),
+                extract_features(encoder, test_images),
+            )
+            keras.utils.set_random_seed(seed)
+            model = keras.Sequential(
+                [keras.Input((train_x.shape[1],)), keras.layers.Dense(classes, name="classifier")]
+            )
+        else:
+            train_x, test_x = images, test_images
+            model = _classifier(encoder, classes, seed, trainable=False)
+        train = _batches(train_x, labels, batch_size, shuffle_seed=seed)
+        result = _fit_and_score(model, train, _batches(test_x, test_labels, batch_size), **run)
+    encoder.trainable = was_trainable
+    return {**result, "train_examples": int(examples)}
+
+
+def fine_tune(
+    encoder,
+    train_source,
+    test_source,
+    *,
+    image_size,
+    epochs=30,
+    batch_size=256,
+    base_learning_rate=0.02,
+    label_fraction=None,
+    seed=0,
+    train_split="train",
+    test_split="test",
+):
+    """Fine-tuning (semi-supervised with `label_fraction`): the linear protocol with the
+    encoder unfrozen (BatchNorm in training mode), on random resized crops + flips.
+
+    A copy of `encoder` is trained; the argument is left unchanged. The paper swept the base
+    LR over {0.005, 0.01, 0.02, 0.05, 0.1} × batch/256 for its 1% / 10% subsets.
+
+    Returns:
+        {"top1": float, "top5": float, "train_examples": int}.
+
+    Raises:
+        ValueError: a SavedModel encoder (it has inference mode only: pass the .keras model).
+    """
+    from keras_byol import data
+
+    if getattr(encoder, "from_saved_model", False):
+        raise ValueError(
+            "Fine-tuning needs the Keras encoder: pass WORKDIR/byol.keras (a SavedModel runs "
+            "BatchNorm in inference mode only)."
+        )
+    labels = data.labels_of(train_source, train_split)
+    _check_labels(labels, labels)
+    classes = data.num_classes(train_source)
+    subset = _subset(labels, label_fraction, seed)
+    examples = len(labels) if subset is None else len(subset)
+    copy = keras.models.clone_model(encoder)
+    copy.set_weights(encoder.get_weights())
+    train = data.labelled_train_dataset(
+        train_source, batch_size=batch_size, image_size=image_size, split=train_split,
+        seed=seed, indices=subset, shuffle_buffer=min(examples, 50_000),
+    )  # fmt: skip
+    test_images, test_labels = _images_and_labels(test_source, image_size, test_split)
+    _check_labels(labels, test_labels)
+    result = _fit_and_score(
+        _classifier(copy, classes, seed, trainable=True),
+        train,
+        _batches(test_images, test_labels, batch_size),
+        epochs=epochs,
+        steps_per_epoch=math.ceil(examples / batch_size),
+        batch_size=batch_size,
+        lr=base_learning_rate,
+        classes=classes,
+    )
+    return {**result, "train_examples": int(examples), "encoder": copy}
+
+
+def knn_eval(
+    encoder,
+    train_source,
+    test_source,
+    *,
+    image_size,
+    k=200,
+    temperature=0.1,
+    label_fraction=None,
+    seed=0,
+    train_split="train",
+    test_split="test",
+):
+    """Weighted k-NN (cosine, k = 200, T = 0.1) top-1 of the frozen encoder's features.
+
+    Returns:
+        {"top1": float, "k": int, "temperature": float, "train_examples": int}.
+    """
+    images, labels = _images_and_labels(train_source, image_size, train_split)
+    _check_labels(labels, labels)
+    subset = _subset(labels, label_fraction, seed)
+    if subset is not None:
+        images, labels = images[subset], labels[subset]
+    test_images, test_labels = _images_and_labels(test_source, image_size, test_split)
+    k = min(k, len(labels))
+    top1 = knn_accuracy(
+        extract_features(encoder, images),
+        labels,
+        extract_features(encoder, test_images),
+        test_labels,
+        k=k,
+        temperature=temperature,
+    )
+    return {"top1": top1, "k": k, "temperature": temperature, "train_examples": len(labels)}

@@ -70,12 +70,7 @@ def _num_classes(config):
     """Classes of the pretraining source's labels (for the online probe), or None."""
     if config.dataset == BUNDLED_MNIST:
         return 10
-    if os.path.isdir(config.dataset):
-        return len(data.folder_class_names(config.dataset)) or None
-    import tensorflow_datasets as tfds
-
-    label = tfds.builder(config.dataset).info.features.get("label")
-    return getattr(label, "num_classes", None)
+    return data.num_classes(config.dataset)
 
 
 def _view_configs(config):
