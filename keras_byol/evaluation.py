@@ -294,6 +294,33 @@ def _subset(labels, label_fraction, seed):
     return label_subset(labels, label_fraction, seed)
 
 
+def _setup(train_source, test_source, image_size, label_fraction, seed, train_split, test_split):
+    """What every classifier protocol needs: labels checked, the subset, the test images."""
+    from keras_byol import data
+
+    labels = data.labels_of(train_source, train_split)
+    _check_labels(labels, labels)
+    subset = _subset(labels, label_fraction, seed)
+    test_images, test_labels = _images_and_labels(test_source, image_size, test_split)
+    _check_labels(labels, test_labels)
+    return {
+        "classes": data.num_classes(train_source),
+        "subset": subset,
+        "examples": len(labels) if subset is None else len(subset),
+        "test": (test_images, test_labels),
+    }
+
+
+def _augmented_train(train_source, setup, *, batch_size, image_size, seed, split):
+    """Random resized crop + flip batches of the (subset of the) training examples."""
+    from keras_byol import data
+
+    return data.labelled_train_dataset(
+        train_source, batch_size=batch_size, image_size=image_size, split=split, seed=seed,
+        indices=setup["subset"], shuffle_buffer=min(setup["examples"], 50_000),
+    )  # fmt: skip
+
+
 def linear_eval(
     encoder,
     train_source,
@@ -329,31 +356,25 @@ def linear_eval(
     Returns:
         {"top1": float, "top5": float, "train_examples": int}.
     """
-    from keras_byol import data
-
-    labels = data.labels_of(train_source, train_split)
-    _check_labels(labels, labels)
-    classes = data.num_classes(train_source)
-    subset = _subset(labels, label_fraction, seed)
-    examples = len(labels) if subset is None else len(subset)
-    steps = math.ceil(examples / batch_size)
+    setup = _setup(
+        train_source, test_source, image_size, label_fraction, seed, train_split, test_split
+    )
+    classes, examples = setup["classes"], setup["examples"]
+    test_images, test_labels = setup["test"]
     was_trainable = encoder.trainable
-    test_images, test_labels = _images_and_labels(test_source, image_size, test_split)
-    _check_labels(labels, test_labels)
-    run = dict(epochs=epochs, steps_per_epoch=steps, batch_size=batch_size,
-               lr=base_learning_rate, classes=classes)  # fmt: skip
+    run = dict(epochs=epochs, steps_per_epoch=math.ceil(examples / batch_size),
+               batch_size=batch_size, lr=base_learning_rate, classes=classes)  # fmt: skip
     if augment:
-        train = data.labelled_train_dataset(
-            train_source, batch_size=batch_size, image_size=image_size, split=train_split,
-            seed=seed, indices=subset, shuffle_buffer=min(examples, 50_000),
+        train = _augmented_train(
+            train_source, setup, batch_size=batch_size, image_size=image_size, seed=seed,
+            split=train_split,
         )  # fmt: skip
         model = _classifier(encoder, classes, seed, trainable=False)
-        test = _batches(test_images, test_labels, batch_size)
-        result = _fit_and_score(model, train, test, **run)
+        result = _fit_and_score(model, train, _batches(test_images, test_labels, batch_size), **run)
     else:
         images, labels = _images_and_labels(train_source, image_size, train_split)
-        if subset is not None:
-            images, labels = images[subset], labels[subset]
+        if setup["subset"] is not None:
+            images, labels = images[setup["subset"]], labels[setup["subset"]]
         if precompute:
             train_x, test_x = (
                 extract_features(encoder, images),
@@ -398,37 +419,31 @@ def fine_tune(
     Raises:
         ValueError: a SavedModel encoder (it has inference mode only: pass the .keras model).
     """
-    from keras_byol import data
-
     if getattr(encoder, "from_saved_model", False):
         raise ValueError(
             "Fine-tuning needs the Keras encoder: pass WORKDIR/byol.keras (a SavedModel runs "
             "BatchNorm in inference mode only)."
         )
-    labels = data.labels_of(train_source, train_split)
-    _check_labels(labels, labels)
-    classes = data.num_classes(train_source)
-    subset = _subset(labels, label_fraction, seed)
-    examples = len(labels) if subset is None else len(subset)
+    setup = _setup(
+        train_source, test_source, image_size, label_fraction, seed, train_split, test_split
+    )
     copy = keras.models.clone_model(encoder)
     copy.set_weights(encoder.get_weights())
-    train = data.labelled_train_dataset(
-        train_source, batch_size=batch_size, image_size=image_size, split=train_split,
-        seed=seed, indices=subset, shuffle_buffer=min(examples, 50_000),
+    train = _augmented_train(
+        train_source, setup, batch_size=batch_size, image_size=image_size, seed=seed,
+        split=train_split,
     )  # fmt: skip
-    test_images, test_labels = _images_and_labels(test_source, image_size, test_split)
-    _check_labels(labels, test_labels)
     result = _fit_and_score(
-        _classifier(copy, classes, seed, trainable=True),
+        _classifier(copy, setup["classes"], seed, trainable=True),
         train,
-        _batches(test_images, test_labels, batch_size),
+        _batches(*setup["test"], batch_size),
         epochs=epochs,
-        steps_per_epoch=math.ceil(examples / batch_size),
+        steps_per_epoch=math.ceil(setup["examples"] / batch_size),
         batch_size=batch_size,
         lr=base_learning_rate,
-        classes=classes,
+        classes=setup["classes"],
     )
-    return {**result, "train_examples": int(examples), "encoder": copy}
+    return {**result, "train_examples": int(setup["examples"]), "encoder": copy}
 
 
 def knn_eval(
