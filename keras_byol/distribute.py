@@ -13,6 +13,8 @@ import os
 import socket
 from urllib.parse import urlparse
 
+import numpy as np
+
 STRATEGIES = ("default", "mirrored", "multi_worker", "tpu")
 
 _TF_CONFIG_EXAMPLE = (
@@ -144,31 +146,36 @@ def is_chief(strategy):
     return bool(strategy.extended.should_checkpoint)
 
 
+def gather_from_workers(strategy, values):
+    """(replicas, len(values)) int64: `values` as every replica of every worker has them.
+
+    One all-gather under a multi-worker strategy (every worker must call it); elsewhere the
+    local values, one row.
+    """
+    import tensorflow as tf
+
+    if not across_workers(strategy):
+        return np.asarray([values], np.int64)
+    per_replica = strategy.run(lambda: tf.constant([values], tf.int64))
+    return strategy.gather(per_replica, axis=0).numpy()
+
+
 def check_workers_see_the_same_checkpoint(strategy, checkpoint_path):
     """Raises ValueError unless every worker sees the same checkpoint file (or none).
 
     Under a multi-worker strategy each worker reads the chief's checkpoint from the shared
     workdir; a worker that cannot see it would build a fresh model while the others load
-    one, and the first collective op would fail with a shape mismatch. Runs one small
-    all-reduce before any variable exists (every worker must call it).
+    one, and the first collective op would fail with a shape mismatch. Call it before any
+    variable exists (every worker must call it).
     """
-    import tensorflow as tf
-
-    if not across_workers(strategy):
-        return
     exists = os.path.exists(checkpoint_path)
-    kib = os.path.getsize(checkpoint_path) // 1024 if exists else -1
-    values = [1, int(exists), kib, int(exists) ** 2, kib * kib]
-    # Σ over replicas of 1, x, x²: all x are equal iff n·Σx² = (Σx)², the same on every worker.
-    sums = strategy.reduce(
-        "SUM", strategy.run(lambda: tf.constant(values, tf.int64)), axis=None
-    ).numpy()
-    count, totals, squares = sums[0], sums[1:3], sums[3:5]
-    if any(count * q != t * t for q, t in zip(squares, totals)):
-        seen = f"{kib} KiB" if exists else "none"
+    size = os.path.getsize(checkpoint_path) if exists else -1
+    seen = gather_from_workers(strategy, [size])
+    if np.any(seen != seen[0]):
+        mine = f"{size} bytes" if exists else "none"
         raise ValueError(
             f"The workers do not see the same checkpoint {checkpoint_path!r} (this one: "
-            f"{seen}); some cannot see the checkpoint. The --workdir must be storage that "
+            f"{mine}); some cannot see the checkpoint. The --workdir must be storage that "
             "every worker reads and the chief writes (a shared file system, e.g. NFS or gcsfuse)."
         )
 

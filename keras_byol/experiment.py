@@ -112,7 +112,9 @@ def _pretrain_data(config, source, strategy):
     dataset = strategy.distribute_datasets_from_function(
         dataset_fn, tf.distribute.InputOptions(experimental_fetch_to_device=True)
     )
-    steps = batches_per_epoch[0] if batches_per_epoch else -1
+    # Workers' shards may differ by an example: every worker takes the shortest epoch.
+    local = batches_per_epoch[0] if batches_per_epoch else -1
+    steps = int(distribute.gather_from_workers(strategy, [local]).min())
     chunk = config.steps_per_execution
     if config.steps_per_epoch:
         steps = config.steps_per_epoch
