@@ -43,6 +43,10 @@ class PretrainConfig:
         optimizer: lars | sgd | adamw. learning_rate: base LR (None = the optimizer's safe
             default; LARS/SGD rates are multiplied by batch_size/256). warmup_epochs: linear
             warm-up, then cosine decay to 0. weight_decay: None = the optimizer's default.
+        lars_eta: LARS trust coefficient η. The default 0.02 (solo-learn's CIFAR value) is
+            for small data sets, which take hundreds of times fewer steps per epoch than
+            ImageNet; the ImageNet presets set the paper's 1e-3. On the bundled digits, 12
+            epochs: linear 0.725 with 0.02 against 0.626 with 1e-3.
         base_tau: τ_base of the cosine target-decay schedule.
         precision: float32 | mixed_float16 | mixed_bfloat16.
         seed: seeds weights, shuffling and views.
@@ -79,6 +83,7 @@ class PretrainConfig:
     learning_rate: float | None = None
     warmup_epochs: float = 1.0
     weight_decay: float | None = None
+    lars_eta: float = 0.02
     base_tau: float = 0.99
     precision: str = "float32"
     seed: int = 0
@@ -138,6 +143,7 @@ class PretrainConfig:
             self.steps_per_epoch >= 0, f"steps_per_epoch must be >= 0; got {self.steps_per_epoch}."
         )
         need(self.width > 0, f"width must be positive; got {self.width}.")
+        need(self.lars_eta > 0, f"lars_eta must be positive; got {self.lars_eta}.")
         need(0.0 <= self.base_tau <= 1.0, f"base_tau must be in [0, 1]; got {self.base_tau}.")
         need(
             0.0 <= self.warmup_epochs < self.epochs,

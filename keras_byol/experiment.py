@@ -170,7 +170,7 @@ def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnor
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
     schedule = WarmupCosine(config.peak_learning_rate, warmup_steps, total_steps)
     if config.optimizer == "lars":
-        optimizer = LARS(schedule, weight_decay=config.effective_weight_decay)
+        optimizer = LARS(schedule, weight_decay=config.effective_weight_decay, eta=config.lars_eta)
     elif config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(
             schedule, momentum=0.9, weight_decay=config.effective_weight_decay

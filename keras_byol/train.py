@@ -81,6 +81,12 @@ flags.DEFINE_float(
     "weight_decay", None, "Weight decay. Default per optimizer: lars 1.5e-6, sgd 1e-4, adamw 1e-4."
 )
 flags.DEFINE_float(
+    "lars_eta",
+    _DEFAULTS.lars_eta,
+    "LARS trust coefficient η: 0.02 for small data sets (solo-learn's CIFAR value); the "
+    "ImageNet presets set the paper's 1e-3.",
+)
+flags.DEFINE_float(
     "base_tau", _DEFAULTS.base_tau, "τ_base of the cosine target-decay schedule (paper 0.996)."
 )
 flags.DEFINE_enum("precision", _DEFAULTS.precision, list(PRECISIONS), "Keras dtype policy.")

@@ -1,5 +1,6 @@
 """The training job: configs, CLI end to end, resume after kill -9, export, bad input."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -80,6 +81,13 @@ def test_presets_carry_the_official_values():
         quick.base_learning_rate,
         quick.effective_weight_decay,
     ) == (128, 256, 2.0, 1e-6)
+    assert c1000.lars_eta == quick.lars_eta == 1e-3  # the paper's trust coefficient
+    cifar = _parse(ROOT / "configs" / "cifar10_resnet18.cfg")
+    assert (cifar.base_learning_rate, cifar.effective_weight_decay, cifar.lars_eta) == (
+        1.0,
+        1e-5,
+        0.02,
+    )
 
 
 def test_config_rules_name_the_offending_values():
@@ -87,6 +95,8 @@ def test_config_rules_name_the_offending_values():
         config_module.PretrainConfig(optimizer="adam")
     with pytest.raises(ValueError, match="warmup_epochs"):
         config_module.PretrainConfig(epochs=5, warmup_epochs=5)
+    with pytest.raises(ValueError, match="lars_eta"):
+        config_module.PretrainConfig(lars_eta=0.0)
     with pytest.raises(ValueError, match="adamw"):
         config_module.PretrainConfig(optimizer="adamw", learning_rate=0.2)
     assert config_module.PretrainConfig(optimizer="adamw").peak_learning_rate == 1e-3
@@ -291,3 +301,12 @@ def test_cli_runs_under_mirrored_strategy_on_logical_cpus(tmp_path):
     assert (workdir / "encoder" / "saved_model.pb").exists()
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["strategy"] == "mirrored" and saved["sync_batchnorm"] is True
+
+
+def test_build_model_passes_the_lars_trust_coefficient():
+    from keras_byol import experiment
+
+    config = config_module.PretrainConfig(image_size=16, projection_dim=8, hidden_dim=16)
+    for eta in (1e-3, 0.02):
+        model = experiment.build_model(dataclasses.replace(config, lars_eta=eta), 3)
+        assert model.optimizer.eta == eta
