@@ -204,9 +204,7 @@ def _records(source, split, input_context, seed):
 # --------------------------------------------------------------------------- decoding
 def _decode(image):
     """Encoded bytes or a decoded image → (H, W, 3) float32 in [0, 1]."""
-    if image.dtype == tf.string:
-        image = tf.io.decode_image(image, channels=3, expand_animations=False)
-    return augment.to_rgb_float(image)
+    return augment.to_rgb_float(_decode_raw(image))
 
 
 def _views_from_record(image, seed, size, view1, view2):
