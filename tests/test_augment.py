@@ -75,7 +75,13 @@ def test_presets_are_the_papers_values():
 
 @pytest.mark.parametrize(
     "field,value",
-    [("flip_p", 1.5), ("crop_area", (0.5, 0.1)), ("hue", 0.7), ("blur_sigma", (0, 1))],
+    [
+        ("flip_p", 1.5),
+        ("crop_area", (0.5, 0.1)),
+        ("hue", 0.7),
+        ("blur_sigma", (0, 1)),
+        ("brightness_mode", "relative"),
+    ],
 )
 def test_view_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
@@ -166,6 +172,20 @@ def test_brightness_is_additive_and_clipped():
     np.testing.assert_allclose(augment.adjust_brightness(x, 0.3), np.clip(x + 0.3, 0, 1), atol=1e-6)
 
 
+def test_multiplicative_brightness_keeps_black_black():
+    x = _rng_image()
+    x[0, 0] = 0.0
+    out = np.asarray(augment.scale_brightness(x, 0.3))
+    np.testing.assert_allclose(out, np.clip(x * 1.3, 0, 1), atol=1e-6)
+    assert (out[0, 0] == 0).all() and (
+        np.asarray(augment.adjust_brightness(x, 0.3))[0, 0] > 0.29
+    ).all()
+    params = {"brightness": tf.constant(0.3), "contrast": tf.constant(1.0)}
+    params.update(saturation=tf.constant(1.0), hue=tf.constant(0.0), order=tf.range(4))
+    jittered = augment.color_jitter(x, params, brightness_mode="multiplicative")
+    np.testing.assert_allclose(jittered, out, atol=1e-5)
+
+
 def test_contrast_scales_around_the_per_channel_mean():
     x = 0.25 + 0.5 * _rng_image(1)
     mean = x.mean(axis=(0, 1), keepdims=True)
@@ -209,6 +229,9 @@ def test_solarize_threshold():
     x = np.array([[[0.1, 0.49, 0.5], [0.51, 0.9, 1.0]]], np.float32)
     expected = np.array([[[0.1, 0.49, 0.5], [0.49, 0.1, 0.0]]], np.float32)
     np.testing.assert_allclose(augment.solarize(x, 0.5), expected, atol=1e-6)
+    # Another threshold takes the general formula: 1 − x from the threshold on.
+    y = _rng_image(6)
+    np.testing.assert_allclose(augment.solarize(y, 0.3), np.where(y < 0.3, y, 1 - y), atol=1e-6)
 
 
 def test_color_jitter_follows_the_sampled_order():
