@@ -3,6 +3,8 @@
 import keras
 from keras import layers, ops
 
+from keras_byol.normalization import FusedBatchNormalization
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -93,7 +95,7 @@ class _Builder:
     def normalize(self, x, name, zero_gamma=False):
         gamma_init = "zeros" if zero_gamma and self.zero_init_residual else "ones"
         if self.norm == "batch":
-            return layers.BatchNormalization(
+            return FusedBatchNormalization(
                 momentum=0.9,
                 epsilon=1e-5,
                 gamma_initializer=gamma_init,

@@ -3,6 +3,8 @@
 import keras
 from keras import layers
 
+from keras_byol.normalization import FusedBatchNormalization
+
 
 @keras.saving.register_keras_serializable(package="keras_byol")
 class MLPHead(keras.layers.Layer):
@@ -31,7 +33,7 @@ class MLPHead(keras.layers.Layer):
         self.synchronized_batchnorm = bool(synchronized_batchnorm)
         init = keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
         self.hidden = layers.Dense(self.hidden_dim, kernel_initializer=init, name="hidden")
-        self.norm = layers.BatchNormalization(
+        self.norm = FusedBatchNormalization(
             momentum=0.9, epsilon=1e-5, synchronized=self.synchronized_batchnorm, name="norm"
         )
         self.out = layers.Dense(self.output_dim, kernel_initializer=init, name="output")

@@ -84,7 +84,7 @@ def test_group_norm_weight_standardization_variant():
         "resnet18", input_shape=(32, 32, 3), small_images=True, norm="group_ws"
     )
     kinds = {type(layer).__name__ for layer in encoder.layers}
-    assert "BatchNormalization" not in kinds
+    assert "BatchNormalization" not in kinds and "FusedBatchNormalization" not in kinds
     assert {"GroupNormalization", "WSConv2D"} <= kinds
     # Without batch statistics, one image's features do not depend on the rest of the batch.
     images = np.random.default_rng(0).random((4, 32, 32, 3), dtype=np.float32)
@@ -122,7 +122,7 @@ def test_mlp_head_shape_and_roundtrip(tmp_path):
     assert out.shape == (4, 8)
     assert [type(layer).__name__ for layer in (head.hidden, head.norm, head.out)] == [
         "Dense",
-        "BatchNormalization",
+        "FusedBatchNormalization",
         "Dense",
     ]
     inputs = keras.Input((16,))
