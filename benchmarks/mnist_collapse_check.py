@@ -56,14 +56,29 @@ def views_dataset(images, batch_size, seed=0):
     return ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def small_cnn(image_size=32):
-    """The quality peer's 3-layer CNN: (B, 32, 32, 3) → (B, 128)."""
+def small_cnn(image_size=32, pytorch_init=False):
+    """The quality peer's 3-layer CNN: (B, 32, 32, 3) → (B, 128).
+
+    pytorch_init: initialize as PyTorch's Conv2d does by default (kernel and bias
+    U[±1/√fan_in]) instead of Keras' (Glorot-uniform kernel, zero bias).
+    """
     images = keras.Input((image_size, image_size, 3), name="images")
     x = keras_byol.encoders.ImageNormalization()(images)
+    channels = 3
     for filters, strides in ((32, 1), (64, 2), (128, 2)):
-        x = layers.Conv2D(filters, 3, strides=strides, padding="same")(x)
+        init = {}
+        if pytorch_init:
+            bound = 1.0 / (9 * channels) ** 0.5
+            init = {
+                "kernel_initializer": keras.initializers.VarianceScaling(
+                    1 / 3, "fan_in", "uniform"
+                ),
+                "bias_initializer": keras.initializers.RandomUniform(-bound, bound),
+            }
+        x = layers.Conv2D(filters, 3, strides=strides, padding="same", **init)(x)
         x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5)(x)
         x = layers.ReLU()(x)
+        channels = filters
     return keras.Model(images, layers.GlobalAveragePooling2D()(x), name="small_cnn")
 
 

