@@ -4,9 +4,11 @@ One image = one uint8 source image turned into both views (the paper's view 1 an
 Sizes: 32 px from 32×32 sources and 224 px from 256×256 sources, batch 128, 256 distinct
 random sources held in memory (as the peer's --pool). The peer
 (`../shared/bench/peer_lightly.py --what augment`, a PyTorch DataLoader with 2 workers)
-runs when --peer-python points at an interpreter with torch and lightly.
+runs when --peer-python points at an interpreter with torch and lightly; --repeats N
+alternates N keras_byol/peer pairs per size and prints the ratios' minimum and median
+(the shared 2-core machine moves both sides by tens of percent between runs).
 
-    python benchmarks/augment.py --peer-python /tmp/peer/bin/python
+    python benchmarks/augment.py --repeats 3 --peer-python /tmp/peer/bin/python
 """
 
 import argparse
@@ -82,19 +84,27 @@ def main():
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1, help="ours/peer pairs per size")
     parser.add_argument("--peer-python", default="")
     args = parser.parse_args()
     for size in (int(s) for s in args.sizes.split(",")):
-        ours = measure(size, args.batch, args.batches, args.warmup)
-        print(json.dumps(ours), flush=True)
-        if args.peer_python:
+        ratios = []
+        for _ in range(args.repeats):
+            ours = measure(size, args.batch, args.batches, args.warmup)
+            print(json.dumps(ours), flush=True)
+            if not args.peer_python:
+                continue
             peer = run_peer(args.peer_python, size, args.batch, args.batches)
             print(json.dumps(peer), flush=True)
-            ratio = round(ours["images_per_s"] / peer["images_per_s"], 3)
+            ratios.append(round(ours["images_per_s"] / peer["images_per_s"], 3))
             print(
-                json.dumps({"what": "augment_ratio_vs_peer", "size": size, "ratio": ratio}),
+                json.dumps({"what": "augment_ratio_vs_peer", "size": size, "ratio": ratios[-1]}),
                 flush=True,
             )
+        if len(ratios) > 1:
+            summary = {"what": "augment_ratio_summary", "size": size, "ratios": ratios}
+            summary.update(min=min(ratios), median=float(np.median(ratios)))
+            print(json.dumps(summary), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,10 @@ own process (Keras fixes the backend per process) and prints one JSON line; the 
 `--peer-python` points at an interpreter that has torch and lightly.
 
     python benchmarks/train_step.py --peer-python /tmp/peer/bin/python
+    python benchmarks/train_step.py --variants tensorflow --repeats 3 --peer-python ...
+
+--repeats N runs the variants and the peer N times in turn and prints each ratio's
+minimum and median: on this shared machine either side moves by ~10% between runs.
 """
 
 import argparse
@@ -18,6 +22,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -36,7 +42,6 @@ FP32_VARIANTS = "tensorflow,tensorflow_xla,jax"
 def run_variant(name, batch, size, warmup, steps):
     """Times `steps` optimizer steps after `warmup` untimed ones; returns one result dict."""
     import keras
-    import numpy as np
 
     import keras_byol
 
@@ -94,6 +99,7 @@ def main():
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=1, help="variants+peer rounds")
     parser.add_argument("--peer-python", default="", help="python with torch + lightly")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -103,69 +109,78 @@ def main():
         print(json.dumps({**result, "machine": describe()}), flush=True)
         return
 
+    all_ratios = {}
+    for _ in range(args.repeats):
+        for name, ratio in run_once(args).items():
+            all_ratios.setdefault(name, []).append(ratio)
+    if args.repeats > 1 and all_ratios:
+        summary = {
+            name: {"ratios": r, "min": min(r), "median": float(np.median(r))}
+            for name, r in all_ratios.items()
+        }
+        print(json.dumps({"what": "train_step_ratio_summary", "variants": summary}), flush=True)
+
+
+def run_worker(name, batch, size, warmup, steps):
+    """`run_variant` in a fresh process (Keras fixes its backend per process)."""
+    command = [sys.executable, __file__, "--worker", name, "--batch", str(batch)]
+    command += ["--size", str(size), "--warmup", str(warmup), "--steps", str(steps)]
+    env = {
+        **os.environ,
+        "KERAS_BACKEND": VARIANTS[name][0],
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "PYTHONPATH": str(ROOT),
+    }
+    out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def run_once(args):
+    """Every variant, then the peer; prints their lines; returns {variant: × peer}."""
     results = {}
     for name in args.variants.split(","):
-        backend = VARIANTS[name][0]
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            name,
-            "--batch",
-            str(args.batch),
-            "--size",
-            str(args.size),
-            "--warmup",
-            str(args.warmup),
-            "--steps",
-            str(args.steps),
-        ]
-        env = {
-            **os.environ,
-            "KERAS_BACKEND": backend,
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONPATH": str(ROOT),
-        }
-        out = subprocess.run(command, capture_output=True, text=True, env=env, check=True).stdout
-        results[name] = json.loads(out.strip().splitlines()[-1])
+        results[name] = run_worker(name, args.batch, args.size, args.warmup, args.steps)
         print(json.dumps(results[name]), flush=True)
-    if args.peer_python:
-        command = [
-            args.peer_python,
-            str(PEER),
-            "--what",
-            "train",
-            "--arch",
-            "resnet18",
-            "--size",
-            str(args.size),
-            "--batch",
-            str(args.batch),
-            "--warmup",
-            str(args.warmup),
-            "--steps",
-            str(args.steps),
-        ]
-        peer = json.loads(
-            subprocess.run(command, capture_output=True, text=True, check=True)
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        peer.pop("step_ms", None)
-        print(json.dumps({**peer, "machine": describe()}), flush=True)
-        ratios = {
-            name: round(r["images_per_s"] / peer["images_per_s"], 3) for name, r in results.items()
-        }
-        print(
-            json.dumps(
-                {
-                    "what": "train_step_ratio_vs_peer",
-                    "ratios": ratios,
-                    "peer_images_per_s": peer["images_per_s"],
-                    "machine": describe(),
-                }
-            )
-        )
+    if not args.peer_python:
+        return {}
+    command = [
+        args.peer_python,
+        str(PEER),
+        "--what",
+        "train",
+        "--arch",
+        "resnet18",
+        "--size",
+        str(args.size),
+        "--batch",
+        str(args.batch),
+        "--warmup",
+        str(args.warmup),
+        "--steps",
+        str(args.steps),
+    ]
+    peer = json.loads(
+        subprocess.run(command, capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    peer.pop("step_ms", None)
+    print(json.dumps({**peer, "machine": describe()}), flush=True)
+    ratios = {
+        name: round(r["images_per_s"] / peer["images_per_s"], 3) for name, r in results.items()
+    }
+    print(
+        json.dumps(
+            {
+                "what": "train_step_ratio_vs_peer",
+                "ratios": ratios,
+                "peer_images_per_s": peer["images_per_s"],
+                "machine": describe(),
+            }
+        ),
+        flush=True,
+    )
+    return ratios
 
 
 if __name__ == "__main__":

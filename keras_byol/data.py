@@ -209,8 +209,9 @@ def _decode(image):
 
 def _views_from_record(image, seed, size, view1, view2):
     """Two views; JPEG bytes are decoded only inside the window that covers both crops."""
+    compiled = size >= augment.COMPILED_MIN_SIZE
     if image.dtype != tf.string:
-        return augment.two_views(image, seed, size, view1, view2)
+        return augment.two_views(image, seed, size, view1, view2, compiled)
 
     def fused():
         shape = tf.image.extract_jpeg_shape(image)
@@ -228,12 +229,12 @@ def _views_from_record(image, seed, size, view1, view2):
         views = {}
         for name, config, p in zip(("view1", "view2"), (view1, view2), params):
             shifted = {**p, "top": p["top"] - top, "left": p["left"] - left}
-            views[name] = augment.apply_view(region, shifted, size, config)
+            views[name] = augment.apply_view(region, shifted, size, config, compiled)
         return views
 
     def generic():
         decoded = tf.io.decode_image(image, channels=3, expand_animations=False)
-        return augment.two_views(decoded, seed, size, view1, view2)
+        return augment.two_views(decoded, seed, size, view1, view2, compiled)
 
     return tf.cond(tf.io.is_jpeg(image), fused, generic)
 

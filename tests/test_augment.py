@@ -234,7 +234,8 @@ def test_solarize_threshold():
     np.testing.assert_allclose(augment.solarize(y, 0.3), np.where(y < 0.3, y, 1 - y), atol=1e-6)
 
 
-def test_color_jitter_follows_the_sampled_order():
+@pytest.mark.parametrize("compiled", [False, True], ids=["ops", "xla"])
+def test_color_jitter_follows_the_sampled_order(compiled):
     x = _rng_image(5)
     params = {
         "brightness": tf.constant(0.2),
@@ -249,14 +250,34 @@ def test_color_jitter_follows_the_sampled_order():
         lambda v: augment.adjust_hue(v, 0.05),
     ]
     results = []
-    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2]):
+    ops.append(lambda v: v)  # op 4: no jitter in that slot
+    for order in ([0, 1, 2, 3], [3, 2, 1, 0], [1, 0, 3, 2], [4, 4, 4, 4], [2, 4, 0, 4]):
         expected = x
         for i in order:
             expected = ops[i](expected)
-        out = augment.color_jitter(x, {**params, "order": tf.constant(order)})
+        out = augment.color_jitter(x, {**params, "order": tf.constant(order)}, compiled=compiled)
         np.testing.assert_allclose(out, expected, atol=1e-5)
         results.append(np.asarray(out))
     assert not np.allclose(results[0], results[1], atol=1e-3)  # the order matters
+    np.testing.assert_array_equal(results[3], x)
+
+
+def test_compiled_views_equal_the_op_by_op_views():
+    """tf.data's XLA-compiled jitter (views ≥ COMPILED_MIN_SIZE) gives the same views."""
+    size = augment.COMPILED_MIN_SIZE
+    image = tf.constant(
+        np.random.default_rng(3).integers(0, 256, (size + 20, size + 9, 3), dtype=np.uint8)
+    )
+    jittered = 0
+    for start in range(6):
+        seed = tf.constant([start, 11], tf.int64)
+        plain = augment.two_views(image, seed, size)
+        compiled = augment.two_views(image, seed, size, compiled=True)
+        for name in ("view1", "view2"):
+            np.testing.assert_allclose(compiled[name], plain[name], atol=2e-5)
+        view_seed = tf.random.experimental.stateless_split(seed, 2)[0]  # as two_views
+        jittered += int(augment.sample_view_params(augment.BYOL_VIEW1, view_seed, 1, 1)["jitter"])
+    assert jittered >= 2  # the comparison covered jittered views
 
 
 # ---------------------------------------------------------- the augmenter end to end

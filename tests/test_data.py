@@ -135,14 +135,15 @@ def test_tfds_errors_are_clear():
         data.pretrain_dataset("mnist", batch_size=2, image_size=8)
 
 
-def test_fused_jpeg_crop_matches_full_decode(digits):
+@pytest.mark.parametrize("size", [32, augment.COMPILED_MIN_SIZE])  # op by op; XLA jitter
+def test_fused_jpeg_crop_matches_full_decode(digits, size):
     image = np.repeat(digits[0][5][..., None], 3, -1)
-    image = tf.image.resize(image, (96, 80)).numpy().astype(np.uint8)
+    image = tf.image.resize(image, (3 * size, 5 * size // 2)).numpy().astype(np.uint8)
     encoded = tf.io.encode_jpeg(image, quality=95)
     seed = tf.constant([3, 4], tf.int64)
-    fused = data._views_from_record(encoded, seed, 32, augment.BYOL_VIEW1, augment.BYOL_VIEW2)
+    fused = data._views_from_record(encoded, seed, size, augment.BYOL_VIEW1, augment.BYOL_VIEW2)
     decoded = tf.io.decode_jpeg(encoded, channels=3)
-    full = augment.two_views(decoded, seed, 32, augment.BYOL_VIEW1, augment.BYOL_VIEW2)
+    full = augment.two_views(decoded, seed, size, augment.BYOL_VIEW1, augment.BYOL_VIEW2)
     for key in ("view1", "view2"):
         assert np.mean(np.abs(fused[key].numpy() - full[key].numpy())) < 0.01
 

@@ -5,6 +5,7 @@ KERAS_BACKEND=jax. Skipped only when jax itself is not installed.
 """
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -128,3 +129,24 @@ def test_data_parallel_on_two_devices_equals_the_one_device_run():
     assert measured["same_start"] == 0.0 and measured["steps"] == 4
     assert measured["loss_rel_err"] <= 1e-5
     assert measured["update_rel_err"] <= 1e-3
+
+
+_GPU_BENCHMARK_SMOKE = """
+import json, runpy, sys
+sys.modules["tensorflow"] = None  # the GPU machine has no TensorFlow
+sys.argv = ["jax_step.py", "--arch", "resnet18", "--size", "16", "--batch", "2",
+            "--dtype", "mixed_bfloat16", "--small-images", "--warmup", "1", "--steps", "1"]
+runpy.run_path("benchmarks/jax_step.py", run_name="__main__")
+"""
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_step_runs_without_tensorflow():
+    """benchmarks/jax_step.py (what benchmarks/gpu.sh runs) on a tiny model on the CPU."""
+    result = _run([sys.executable, "-c", _GPU_BENCHMARK_SMOKE], KERAS_BACKEND="jax")
+    assert result.returncode == 0, result.stderr[-4000:]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    step, share = lines
+    assert step["what"] == "train_step" and step["dtype"] == "mixed_bfloat16"
+    assert step["images_per_s"] > 0 and math.isfinite(step["loss"])
+    assert 0 < share["share"] < 1 and share["ms_per_update"] > 0
