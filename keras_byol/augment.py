@@ -130,7 +130,9 @@ _JITTER_PARAMS = ("brightness", "contrast", "saturation", "hue")  # op indices 0
 _RANGES = _JITTER_PARAMS + ("sigma",)
 
 
-def sample_crop_box(seed, height, width, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
+def sample_crop_box(
+    seed, height, width, area=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts=_CROP_ATTEMPTS
+):
     """torchvision's RandomResizedCrop box: area ~ U[area]·H·W, log(w/h) ~ U[log ratio].
 
     Ten candidates are drawn at once and the first that fits is taken; if none fits, the
