@@ -4,9 +4,11 @@ Defaults are the speed issue's GPU setting: ResNet-50, 224 px, batch 256, `mixed
 LARS; heads 2048→4096→256 and 256→4096→256. Each step is keras_byol's stateless JAX train
 step (both loss terms, LARS, the Polyak update inside the jit) compiled with `jax.jit`, the
 model state donated; the two views are random arrays made on the device once, so no host
-transfer is timed. Prints JSON lines: images/s (one image = both views), ms per step, the
-device's peak memory where it reports one, and the Polyak update timed alone (jitted) with
-its share of a step. Imports no TensorFlow.
+transfer is timed. `--concat-views` runs each network once over both views concatenated
+(per-view BatchNorm statistics), the `BYOL(concat_views=True)` fast path. Prints JSON
+lines: images/s (one image = both views), ms per step, the device's peak memory where it
+reports one, and the Polyak update timed alone (jitted) with its share of a step. Imports
+no TensorFlow.
 
     KERAS_BACKEND=jax python benchmarks/jax_step.py                    # GPU: the setting
     KERAS_BACKEND=jax python benchmarks/jax_step.py --arch resnet18 --size 32 --batch 8 \\
@@ -41,7 +43,7 @@ def build(args):
     keras.utils.set_random_seed(0)
     shape = (args.size, args.size, 3)
     encoder = keras_byol.encoders.resnet(args.arch, shape, small_images=args.small_images)
-    model = keras_byol.BYOL(encoder)
+    model = keras_byol.BYOL(encoder, concat_views=args.concat_views)
     if args.optimizer == "lars":
         optimizer = keras_byol.optimizers.LARS(learning_rate=0.2 * args.batch / 256)
     else:
@@ -102,6 +104,9 @@ def main():
     parser.add_argument("--dtype", default="mixed_bfloat16", help="a Keras dtype policy")
     parser.add_argument("--optimizer", default="lars", choices=["lars", "sgd"])
     parser.add_argument("--small-images", action="store_true", help="CIFAR-style stem")
+    parser.add_argument(
+        "--concat-views", action="store_true", help="one pass over both views (BYOL option)"
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()

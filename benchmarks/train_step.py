@@ -12,6 +12,8 @@ own process (Keras fixes the backend per process) and prints one JSON line; the 
 
 --repeats N runs the variants and the peer N times in turn and prints each ratio's
 minimum and median: on this shared machine either side moves by ~10% between runs.
+--steps-per-execution N compiles N steps into one call (Keras' `steps_per_execution`);
+--warmup and --steps then count calls of N steps each.
 """
 
 import argparse
@@ -30,31 +32,38 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from machine import describe  # noqa: E402
 
 PEER = ROOT.parent / "shared" / "bench" / "peer_lightly.py"
-VARIANTS = {  # name → (KERAS_BACKEND, jit_compile, dtype policy)
-    "tensorflow": ("tensorflow", False, "float32"),
-    "tensorflow_xla": ("tensorflow", True, "float32"),
-    "jax": ("jax", True, "float32"),
-    "tensorflow_bf16": ("tensorflow", False, "mixed_bfloat16"),
+VARIANTS = {  # name → (KERAS_BACKEND, jit_compile, dtype policy, BYOL concat_views)
+    "tensorflow": ("tensorflow", False, "float32", False),
+    "tensorflow_concat": ("tensorflow", False, "float32", True),
+    "tensorflow_xla": ("tensorflow", True, "float32", False),
+    "jax": ("jax", True, "float32", False),
+    "jax_concat": ("jax", True, "float32", True),
+    "tensorflow_bf16": ("tensorflow", False, "mixed_bfloat16", False),
 }
 FP32_VARIANTS = "tensorflow,tensorflow_xla,jax"
 
 
-def run_variant(name, batch, size, warmup, steps):
-    """Times `steps` optimizer steps after `warmup` untimed ones; returns one result dict."""
+def run_variant(name, batch, size, warmup, steps, steps_per_execution=1):
+    """Times `steps` calls of `steps_per_execution` optimizer steps after `warmup` untimed
+    calls; returns one result dict."""
     import keras
 
     import keras_byol
 
-    _, jit_compile, policy = VARIANTS[name]
+    _, jit_compile, policy, concat_views = VARIANTS[name]
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
     encoder = keras_byol.encoders.resnet("resnet18", (size, size, 3), small_images=True)
-    model = keras_byol.BYOL(encoder, projection_dim=256, hidden_dim=4096)
-    model.compile(optimizer=keras.optimizers.SGD(0.06, momentum=0.9), jit_compile=jit_compile)
+    model = keras_byol.BYOL(encoder, projection_dim=256, hidden_dim=4096, concat_views=concat_views)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.06, momentum=0.9),
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
     rng = np.random.default_rng(0)
     shape = (batch, size, size, 3)
     view1, view2 = (rng.random(shape, dtype=np.float32) for _ in range(2))
-    total = warmup + steps
+    total = (warmup + steps) * steps_per_execution
     views = {"view1": np.concatenate([view1] * total), "view2": np.concatenate([view2] * total)}
 
     class StepTimes(keras.callbacks.Callback):
@@ -69,13 +78,15 @@ def run_variant(name, batch, size, warmup, steps):
     history = model.fit(
         views, batch_size=batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer]
     )
-    durations = np.diff(timer.times)[warmup:]
+    # Keras calls batch callbacks once per call of steps_per_execution steps.
+    durations = np.diff(timer.times)[warmup:] / steps_per_execution
     return {
         "impl": "keras_byol",
         "variant": name,
         "backend": keras.backend.backend(),
         "jit_compile": jit_compile,
         "dtype_policy": policy,
+        "concat_views": model.concat_views,
         "what": "train_step",
         "arch": "resnet18",
         "size": size,
@@ -85,7 +96,8 @@ def run_variant(name, batch, size, warmup, steps):
         "ms_per_step_min": round(1e3 * float(np.min(durations)), 1),
         "first_step_s_incl_compile": round(float(timer.times[1] - timer.times[0]), 1),
         "warmup_steps": warmup,
-        "timed_steps": steps,
+        "timed_steps": steps * steps_per_execution,
+        "steps_per_execution": steps_per_execution,
         "final_loss": round(float(history.history["loss"][-1]), 4),
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "keras": keras.__version__,
@@ -100,12 +112,15 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=1, help="variants+peer rounds")
+    parser.add_argument("--steps-per-execution", type=int, default=1, help="steps per call")
     parser.add_argument("--peer-python", default="", help="python with torch + lightly")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
-        result = run_variant(args.worker, args.batch, args.size, args.warmup, args.steps)
+        result = run_variant(
+            args.worker, args.batch, args.size, args.warmup, args.steps, args.steps_per_execution
+        )
         print(json.dumps({**result, "machine": describe()}), flush=True)
         return
 
@@ -121,10 +136,11 @@ def main():
         print(json.dumps({"what": "train_step_ratio_summary", "variants": summary}), flush=True)
 
 
-def run_worker(name, batch, size, warmup, steps):
+def run_worker(name, args):
     """`run_variant` in a fresh process (Keras fixes its backend per process)."""
-    command = [sys.executable, __file__, "--worker", name, "--batch", str(batch)]
-    command += ["--size", str(size), "--warmup", str(warmup), "--steps", str(steps)]
+    command = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch)]
+    command += ["--size", str(args.size), "--warmup", str(args.warmup)]
+    command += ["--steps", str(args.steps), "--steps-per-execution", str(args.steps_per_execution)]
     env = {
         **os.environ,
         "KERAS_BACKEND": VARIANTS[name][0],
@@ -139,7 +155,7 @@ def run_once(args):
     """Every variant, then the peer; prints their lines; returns {variant: × peer}."""
     results = {}
     for name in args.variants.split(","):
-        results[name] = run_worker(name, args.batch, args.size, args.warmup, args.steps)
+        results[name] = run_worker(name, args)
         print(json.dumps(results[name]), flush=True)
     if not args.peer_python:
         return {}

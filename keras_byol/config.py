@@ -59,6 +59,8 @@ class PretrainConfig:
         sync_batchnorm: with more than one replica, synchronize BatchNorm statistics across
             replicas (the paper's setting); off, each replica normalizes its own slice.
         steps_per_execution, jit_compile: passed to `compile`.
+        concat_views: one pass per network over both views, BatchNorm statistics per view
+            (`BYOL(concat_views=True)`); slower on CPUs, for accelerators to measure.
         checkpoint_every_epochs: epochs between checkpoints (one is always written at the end).
         export_dir: where the encoder SavedModel goes ("" = WORKDIR/encoder).
         evaluate: after pretraining, linear probe and 20-NN accuracy of the encoder beside
@@ -94,6 +96,7 @@ class PretrainConfig:
     sync_batchnorm: bool = True
     steps_per_execution: int = 1
     jit_compile: bool = False
+    concat_views: bool = False
     checkpoint_every_epochs: int = 1
     export_dir: str = ""
     evaluate: bool = True

@@ -165,6 +165,7 @@ def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnor
         augmenter=augmenter,
         num_classes=num_classes,
         synchronized_batchnorm=synchronized_batchnorm,
+        concat_views=config.concat_views,
     )
     total_steps = config.epochs * steps_per_epoch
     warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))

@@ -7,6 +7,7 @@ from keras import ops
 
 from keras_byol.heads import MLPHead
 from keras_byol.losses import byol_loss
+from keras_byol.normalization import layers_without_per_view_statistics, per_view_statistics
 from keras_byol.schedules import target_decay
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -73,6 +74,14 @@ class BYOL(keras.Model):
         augmenter: optional `augment.TwoViewAugmenter` (TensorFlow backend): batches may
             then be {"images": (B, H, W, 3) uint8 or float} and the views are made inside
             the train step, on the accelerator.
+        concat_views: run the online and the target network once over both views
+            concatenated (2B images) instead of once per view. BatchNorm statistics stay
+            per view (`normalization.per_view_statistics`), so the loss, gradients and
+            moving averages equal the per-view passes up to float rounding (tested). Needs
+            every BatchNorm of encoder and heads to be `normalization.FusedBatchNormalization`
+            (the keras_byol ResNets' and heads' are). Off by default: on CPUs it was
+            slower on both backends (benchmarks/RESULTS.md); on GPUs measure it with
+            benchmarks/jax_step.py --concat-views.
         num_classes: adds an online linear probe: a Dense(num_classes) on the
             stop-gradient online features of view 1, trained with its own cross-entropy in
             the same step on batches with a "label" (−1 = unlabelled, skipped). It reports
@@ -97,6 +106,7 @@ class BYOL(keras.Model):
         predictor_hidden_dim=None,
         synchronized_batchnorm=False,
         augmenter=None,
+        concat_views=False,
         num_classes=None,
         **kwargs,
     ):
@@ -138,6 +148,9 @@ class BYOL(keras.Model):
             for target, online in zip(target_net.weights, online_net.weights):
                 target.assign(ops.copy(online.value))
         self._freeze_target_variables()
+        self.concat_views = bool(concat_views)
+        if self.concat_views:
+            self._check_per_view_statistics()
 
         # τ schedule state, set by callbacks.TargetUpdate; stored so it is saved and resumed.
         self.base_tau = self.add_weight(
@@ -166,6 +179,19 @@ class BYOL(keras.Model):
         self.built = True
 
     # ----------------------------------------------------------------------------- state
+    def _check_per_view_statistics(self):
+        """Raises unless every BatchNorm can keep per-view statistics (`concat_views`)."""
+        unsupported = layers_without_per_view_statistics(
+            self.encoder, self.projector, self.predictor
+        )
+        if unsupported:
+            raise ValueError(
+                "BYOL(concat_views=True) keeps BatchNorm statistics per view only in "
+                "keras_byol.normalization.FusedBatchNormalization layers; these would mix "
+                f"the two views: {unsupported}. Build the encoder with that layer or pass "
+                "concat_views=False."
+            )
+
     def _target_and_online_networks(self):
         """The networks that have a target copy: (f_ξ, f) and (g_ξ, g); q has none."""
         return ((self.target_encoder, self.encoder), (self.target_projector, self.projector))
@@ -318,16 +344,32 @@ class BYOL(keras.Model):
         """Target projection z′ (B, projection_dim), in training mode as the paper does."""
         return self.target_projector(self.target_encoder(view, training=True), training=True)
 
+    def forward_both_views(self, view1, view2):
+        """Online (features y1, projection z1, predictions p1, p2), target (z′1, z′2).
+
+        One pass per network over both views concatenated (with per-view BatchNorm
+        statistics) when `concat_views` is on, else a pass per view.
+        """
+        if not self.concat_views:
+            features1, z1, p1 = self.online_forward(view1)
+            _, _, p2 = self.online_forward(view2)
+            return (features1, z1, p1, p2), (self.target_forward(view1), self.target_forward(view2))
+        with per_view_statistics(2):
+            both = ops.concatenate([view1, view2], axis=0)
+            features, projections, predictions = self.online_forward(both)
+            target_projections = self.target_forward(both)
+        features1, _ = ops.split(features, 2, axis=0)
+        z1, _ = ops.split(projections, 2, axis=0)
+        p1, p2 = ops.split(predictions, 2, axis=0)
+        return (features1, z1, p1, p2), tuple(ops.split(target_projections, 2, axis=0))
+
     def compute_losses(self, view1, view2, labels=None):
-        """(total loss, outputs) for one batch; each view goes through its own call.
+        """(total loss, outputs) for one batch (see `forward_both_views` for the passes).
 
         outputs: "byol_loss" (scalar), "projection" (online z of view 1) and, with a probe
         and labels, "probe_loss", "probe_logits", "labels", "label_mask".
         """
-        features1, z1, p1 = self.online_forward(view1)
-        _, z2, p2 = self.online_forward(view2)
-        target_z1 = self.target_forward(view1)
-        target_z2 = self.target_forward(view2)
+        (features1, z1, p1, p2), (target_z1, target_z2) = self.forward_both_views(view1, view2)
         loss = byol_loss(p1, p2, target_z1, target_z2)
         outputs = {"byol_loss": loss, "projection": z1}
         if self.probe is None or labels is None:
@@ -439,6 +481,7 @@ class BYOL(keras.Model):
             "hidden_dim": self.hidden_dim,
             "predictor_hidden_dim": self.predictor_hidden_dim,
             "synchronized_batchnorm": self.synchronized_batchnorm,
+            "concat_views": self.concat_views,
             "num_classes": self.num_classes,
             "augmenter": (
                 None

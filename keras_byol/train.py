@@ -132,6 +132,11 @@ flags.DEFINE_integer(
 flags.DEFINE_bool(
     "jit_compile", _DEFAULTS.jit_compile, "XLA-compile the train step (helps on GPU/TPU)."
 )
+flags.DEFINE_bool(
+    "concat_views",
+    _DEFAULTS.concat_views,
+    "One pass per network over both views, BatchNorm statistics per view (slower on CPUs).",
+)
 flags.DEFINE_integer(
     "checkpoint_every_epochs", _DEFAULTS.checkpoint_every_epochs, "Epochs between checkpoints."
 )

@@ -10,11 +10,14 @@ import pytest  # noqa: E402
 from keras import layers  # noqa: E402
 
 
-def tiny_encoder(image_size=16, channels=8, name="tiny"):
-    """Conv → BN → ReLU → GAP: (B, S, S, 3) → (B, channels); small enough for exact replays."""
+def tiny_encoder(image_size=16, channels=8, name="tiny", norm=layers.BatchNormalization):
+    """Conv → BN → ReLU → GAP: (B, S, S, 3) → (B, channels); small enough for exact replays.
+
+    `norm`: the BatchNorm class (keras_byol's FusedBatchNormalization for concat_views).
+    """
     images = keras.Input((image_size, image_size, 3), name="images")
     x = layers.Conv2D(channels, 3, padding="same", name="conv")(images)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name="bn")(x)
+    x = norm(momentum=0.9, epsilon=1e-5, name="bn")(x)
     x = layers.ReLU()(x)
     return keras.Model(images, layers.GlobalAveragePooling2D()(x), name=name)
 

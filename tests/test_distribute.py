@@ -1,6 +1,7 @@
 """MirroredStrategy on 2 logical CPUs: one step on a global batch 2B equals one single-device
 step on the same 2B examples (synchronized BatchNorm), and differs without sync; with
-steps_per_execution=3 the strategy gives the same weights as 3 single-step calls.
+steps_per_execution=3 the strategy gives the same weights as 3 single-step calls; both views
+in one pass (concat_views, per-view synchronized statistics) equal a pass per view.
 
 Logical devices must be configured before TensorFlow starts, so the check runs in a fresh
 process and prints its measurements as JSON.
@@ -22,14 +23,18 @@ import keras
 from keras import layers
 import keras_byol
 from keras_byol.callbacks import TargetUpdate
+from keras_byol.normalization import FusedBatchNormalization
 
-def build(sync, steps_per_execution=1):
+def build(sync, steps_per_execution=1, concat_views=None):
+    # concat_views None: Keras' BatchNormalization; True/False: keras_byol's, with that option.
     keras.utils.set_random_seed(0)
     images = keras.Input((8, 8, 3))
     x = layers.Conv2D(4, 3, padding="same")(images)
-    x = layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync)(x)
+    norm = layers.BatchNormalization if concat_views is None else FusedBatchNormalization
+    x = norm(momentum=0.9, epsilon=1e-5, synchronized=sync)(x)
     encoder = keras.Model(images, layers.GlobalAveragePooling2D()(layers.ReLU()(x)))
-    model = keras_byol.BYOL(encoder, projection_dim=8, hidden_dim=16, synchronized_batchnorm=sync)
+    model = keras_byol.BYOL(encoder, projection_dim=8, hidden_dim=16, synchronized_batchnorm=sync,
+                            concat_views=bool(concat_views))
     model.compile(optimizer=keras.optimizers.SGD(0.5), steps_per_execution=steps_per_execution)
     return model
 
@@ -88,6 +93,24 @@ result["steps_per_execution"] = {
     "online_rel_err": relative(three.trainable_variables, one.trainable_variables, online_initial),
     "target_rel_err": relative(three.target_weights, one.target_weights, target_initial),
 }
+
+# Both views in one pass under the strategy (each replica thread enters per_view_statistics;
+# synchronized statistics per view across replicas) == a pass per view.
+passes = {}
+for concat_views in (False, True):
+    with strategy.scope():
+        model = build(True, concat_views=concat_views)
+    for variable, value in zip(model.weights, initial):
+        variable.assign(value)
+    passes[concat_views] = (one_step(model), model)
+(loss_per_view, per_view), (loss_concat, concat) = passes[False], passes[True]
+result["concat_views"] = {
+    "loss_rel_err": abs(loss_concat - loss_per_view) / loss_per_view,
+    "online_rel_err": relative(concat.trainable_variables, per_view.trainable_variables,
+                               online_initial),
+    "target_rel_err": relative(concat.target_weights, per_view.target_weights, target_initial),
+    "vs_single_device_loss_rel_err": abs(loss_concat - loss_single) / loss_single,
+}
 print(json.dumps(result))
 """
 
@@ -117,3 +140,7 @@ def test_mirrored_strategy_step_equals_the_single_device_step():
     chunked = measured["steps_per_execution"]
     assert chunked["iterations"] == [3, 3]
     assert chunked["online_rel_err"] <= 1e-4 and chunked["target_rel_err"] <= 1e-4
+    # One pass over both views: the per-view step, and still the single-device loss.
+    concat = measured["concat_views"]
+    assert concat["loss_rel_err"] <= 1e-5 and concat["vs_single_device_loss_rel_err"] <= 1e-5
+    assert concat["online_rel_err"] <= 1e-4 and concat["target_rel_err"] <= 1e-4

@@ -22,6 +22,7 @@ SHARED_TESTS = [
     "tests/test_optimizers.py",
     "tests/test_model.py",
     "tests/test_encoders.py",
+    "tests/test_normalization.py",
 ]
 
 

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 import keras_byol
 from keras_byol.callbacks import TargetUpdate
+from keras_byol.normalization import FusedBatchNormalization, per_view_statistics
 
 from conftest import tiny_encoder, view_batches
 
@@ -372,3 +373,74 @@ def test_online_probe_saves_and_loads(tmp_path):
     _assert_weights_close(
         loaded.probe.weights, [np.asarray(v) for v in probed.probe.weights], atol=0
     )
+
+
+def _concat_views_run(concat_views, epochs=1):
+    """(losses, weights, online-network calls per trace) of 2 steps per epoch on 8 images."""
+    keras.utils.set_random_seed(0)
+    encoder = tiny_encoder(norm=FusedBatchNormalization)
+    model = keras_byol.BYOL(encoder, projection_dim=8, hidden_dim=16, concat_views=concat_views)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    calls = []
+    online_forward = model.online_forward
+    model.online_forward = lambda view, training=True: (calls.append(1), online_forward(view))[1]
+    view1, view2 = view_batches(8)
+    history = model.fit(
+        {"view1": view1, "view2": view2},
+        batch_size=BATCH,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=[TargetUpdate(0.9)],
+    )
+    return history.history["loss"], [np.array(v) for v in model.weights], len(calls)
+
+
+# On TensorFlow the per-view reference runs the fused BN kernel and the concatenated pass
+# Keras-style ops: rounding differences, grown by 2 steps of a 4-image BN, reach 4e-4
+# (measured); on JAX both are the same ops (1e-6). BN over both views together: ≥ 0.3.
+_CONCAT_ATOL = 2e-3 if keras.backend.backend() == "tensorflow" else 1e-5
+
+
+def test_concat_views_equals_a_pass_per_view():
+    """One pass over both views (per-view BN statistics) = a pass per view: same losses,
+    online and target weights and BN moving statistics after 2 steps."""
+    losses, weights, calls = _concat_views_run(False)
+    concat_losses, concat_weights, concat_calls = _concat_views_run(True)
+    assert concat_calls >= 1 and calls == 2 * concat_calls  # online passes, per trace
+    np.testing.assert_allclose(concat_losses, losses, rtol=1e-5)
+    _assert_weights_close(concat_weights, weights, atol=_CONCAT_ATOL)
+
+
+def test_concat_views_with_joint_statistics_would_differ(monkeypatch):
+    """The check above can fail: one pass with BN statistics over both views together is
+    a different step."""
+    _, weights, _ = _concat_views_run(False)
+    joint = lambda views: per_view_statistics(1)  # noqa: E731
+    monkeypatch.setattr("keras_byol.model.per_view_statistics", joint)
+    _, joint_weights, _ = _concat_views_run(True)
+    difference = max(float(np.max(np.abs(a - b))) for a, b in zip(joint_weights, weights))
+    assert difference > 50 * _CONCAT_ATOL
+
+
+def test_concat_views_needs_batchnorms_that_keep_per_view_statistics():
+    with pytest.raises(ValueError, match="FusedBatchNormalization.*'bn'"):
+        keras_byol.BYOL(tiny_encoder(), projection_dim=8, hidden_dim=16, concat_views=True)
+    model = keras_byol.BYOL(
+        tiny_encoder(norm=FusedBatchNormalization), projection_dim=8, concat_views=True
+    )
+    assert keras_byol.BYOL.from_config(model.get_config()).concat_views is True
+
+
+def test_concat_views_in_mixed_precision_give_the_per_view_loss():
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    losses = []
+    for concat_views in (False, True):
+        keras.utils.set_random_seed(0)
+        encoder = tiny_encoder(norm=FusedBatchNormalization)
+        model = keras_byol.BYOL(encoder, projection_dim=8, hidden_dim=16, concat_views=concat_views)
+        loss, outputs = model.compute_losses(*view_batches(BATCH))
+        assert keras.backend.standardize_dtype(loss.dtype) == "float32"
+        assert tuple(outputs["projection"].shape) == (BATCH, 8)
+        losses.append(float(loss))
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-2)  # bfloat16 rounding

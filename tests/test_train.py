@@ -295,12 +295,14 @@ def test_cli_runs_under_mirrored_strategy_on_logical_cpus(tmp_path):
         "--strategy=mirrored",
         "--logical_cpus=2",
         "--eval_epochs=1",
+        "--concat_views",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 2: loss" in result.stdout and "Done: 6 steps" in result.stdout
     assert (workdir / "encoder" / "saved_model.pb").exists()
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["strategy"] == "mirrored" and saved["sync_batchnorm"] is True
+    assert saved["concat_views"] is True
 
 
 def test_build_model_passes_the_lars_trust_coefficient():
@@ -310,3 +312,4 @@ def test_build_model_passes_the_lars_trust_coefficient():
     for eta in (1e-3, 0.02):
         model = experiment.build_model(dataclasses.replace(config, lars_eta=eta), 3)
         assert model.optimizer.eta == eta
+    assert experiment.build_model(dataclasses.replace(config, concat_views=True), 3).concat_views
