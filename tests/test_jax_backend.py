@@ -83,14 +83,18 @@ def test_jax_path_trains_and_saves_without_tensorflow(tmp_path):
 _DATA_PARALLEL = """
 import json, numpy as np, keras, jax, keras_byol
 from keras_byol.callbacks import TargetUpdate
+from keras_byol.normalization import FusedBatchNormalization
 from tests.conftest import tiny_encoder, view_batches
 
 view1, view2 = view_batches(32)
 
-def train(distribution):
+def train(distribution, concat_views=None):
+    # concat_views None: Keras' BatchNormalization; True/False: keras_byol's, with that option.
     keras.distribution.set_distribution(distribution)
     keras.utils.set_random_seed(0)
-    model = keras_byol.BYOL(tiny_encoder(), projection_dim=8, hidden_dim=16)
+    norm = keras.layers.BatchNormalization if concat_views is None else FusedBatchNormalization
+    model = keras_byol.BYOL(tiny_encoder(norm=norm), projection_dim=8, hidden_dim=16,
+                            concat_views=bool(concat_views))
     model.compile(optimizer=keras.optimizers.SGD(0.5), steps_per_execution=2)
     initial = [np.array(v) for v in model.trainable_variables + model.target_weights]
     history = model.fit({"view1": view1, "view2": view2}, batch_size=8, epochs=1, shuffle=False,
@@ -100,6 +104,9 @@ def train(distribution):
 
 single, loss_single, start, end_single = train(None)
 parallel, loss_parallel, start_parallel, end_parallel = train(keras.distribution.DataParallel())
+# Both views in one pass on the sharded batch against a pass per view on one device.
+_, loss_per_view, start_per_view, end_per_view = train(None, concat_views=False)
+_, loss_concat, _, end_concat = train(keras.distribution.DataParallel(), concat_views=True)
 def update(a, b, s):
     num = sum(np.sum((x - y) ** 2) for x, y in zip(a, b))
     return float(np.sqrt(num / sum(np.sum((y - z) ** 2) for y, z in zip(b, s))))
@@ -110,6 +117,8 @@ print(json.dumps({
     "loss_rel_err": abs(loss_parallel - loss_single) / loss_single,
     "update_rel_err": update(end_parallel, end_single, start),
     "steps": int(parallel.optimizer.iterations),
+    "concat_loss_rel_err": abs(loss_concat - loss_per_view) / loss_per_view,
+    "concat_update_rel_err": update(end_concat, end_per_view, start_per_view),
 }))
 """
 
@@ -117,7 +126,7 @@ print(json.dumps({
 def test_data_parallel_on_two_devices_equals_the_one_device_run():
     """keras.distribution.DataParallel over 2 CPU devices: the batch is split across them
     and BatchNorm statistics stay global (XLA computes them over the sharded batch), so 4
-    steps give the one-device result."""
+    steps give the one-device result; with both views in one pass (concat_views) too."""
     result = _run(
         [sys.executable, "-c", _DATA_PARALLEL],
         KERAS_BACKEND="jax",
@@ -130,24 +139,30 @@ def test_data_parallel_on_two_devices_equals_the_one_device_run():
     assert measured["same_start"] == 0.0 and measured["steps"] == 4
     assert measured["loss_rel_err"] <= 1e-5
     assert measured["update_rel_err"] <= 1e-3
+    # concat_views under DataParallel: per-view statistics over the sharded batch.
+    assert measured["concat_loss_rel_err"] <= 1e-5
+    assert measured["concat_update_rel_err"] <= 1e-3
 
 
 _GPU_BENCHMARK_SMOKE = """
 import json, runpy, sys
 sys.modules["tensorflow"] = None  # the GPU machine has no TensorFlow
 sys.argv = ["jax_step.py", "--arch", "resnet18", "--size", "16", "--batch", "2",
-            "--dtype", "mixed_bfloat16", "--small-images", "--warmup", "1", "--steps", "1"]
+            "--dtype", "mixed_bfloat16", "--small-images", "--warmup", "1", "--steps", "1",
+            "--concat-views"]
 runpy.run_path("benchmarks/jax_step.py", run_name="__main__")
 """
 
 
 @pytest.mark.slow
 def test_gpu_benchmark_step_runs_without_tensorflow():
-    """benchmarks/jax_step.py (what benchmarks/gpu.sh runs) on a tiny model on the CPU."""
+    """benchmarks/jax_step.py (what benchmarks/gpu.sh runs) on a tiny model on the CPU, with
+    both views in one pass (the per-view path runs without TensorFlow in the test above)."""
     result = _run([sys.executable, "-c", _GPU_BENCHMARK_SMOKE], KERAS_BACKEND="jax")
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     step, share = lines
     assert step["what"] == "train_step" and step["dtype"] == "mixed_bfloat16"
+    assert step["concat_views"] is True
     assert step["images_per_s"] > 0 and math.isfinite(step["loss"])
     assert 0 < share["share"] < 1 and share["ms_per_update"] > 0
