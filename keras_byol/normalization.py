@@ -63,12 +63,15 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     Input shape (B, C) or (B, H, W, C) → the same shape.
     """
 
+    def _normalizes_last_axis(self, inputs):
+        axis = self.axis if isinstance(self.axis, int) else None
+        return axis in (-1, len(inputs.shape) - 1)
+
     def _views_in_batch(self, inputs, training, mask):
         views = _VIEWS_IN_BATCH.get()
         if views == 1 or not (training and self.trainable):
             return 1
-        axis = self.axis if isinstance(self.axis, int) else None
-        if mask is not None or self.renorm or axis not in (-1, len(inputs.shape) - 1):
+        if mask is not None or self.renorm or not self._normalizes_last_axis(inputs):
             raise ValueError(
                 f"{self.name}: per-view statistics need the last axis normalized, no mask "
                 "and no renorm; run each view through the network on its own instead "
@@ -105,7 +108,6 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
         return ops.cast(outputs, self.compute_dtype)
 
     def _fused_applies(self, inputs, training, mask):
-        axis = self.axis if isinstance(self.axis, int) else None
         return (
             keras.backend.backend() == "tensorflow"
             and training
@@ -114,7 +116,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and not self.synchronized
             and not self.renorm
             and len(inputs.shape) in (2, 4)
-            and axis in (-1, len(inputs.shape) - 1)
+            and self._normalizes_last_axis(inputs)
         )
 
     def call(self, inputs, training=None, mask=None):
