@@ -95,7 +95,7 @@ def run_variant(name, batch, size, warmup, steps, steps_per_execution=1):
         "ms_per_step_median": round(1e3 * float(np.median(durations)), 1),
         "ms_per_step_min": round(1e3 * float(np.min(durations)), 1),
         "first_step_s_incl_compile": round(float(timer.times[1] - timer.times[0]), 1),
-        "warmup_steps": warmup,
+        "warmup_steps": warmup * steps_per_execution,
         "timed_steps": steps * steps_per_execution,
         "steps_per_execution": steps_per_execution,
         "final_loss": round(float(history.history["loss"][-1]), 4),
