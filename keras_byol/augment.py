@@ -23,7 +23,8 @@ import keras
 import tensorflow as tf
 
 _LUMA = (0.2989, 0.5870, 0.1140)
-_NUM_JITTER_OPS = 4  # brightness, contrast, saturation, hue
+_JITTER_PARAMS = ("brightness", "contrast", "saturation", "hue")  # jitter_op indices 0-3
+_NUM_JITTER_OPS = len(_JITTER_PARAMS)
 _BRIGHTNESS_MODES = ("additive", "multiplicative")
 
 
@@ -126,7 +127,6 @@ _CROP_ATTEMPTS = 10
 # A view's Bernoulli decisions (each with the probability ViewConfig.<name>_p) and its
 # uniform scalars, in the order they take in the view's one uniform draw.
 _COINS = ("flip", "jitter", "grayscale", "blur", "solarize")
-_JITTER_PARAMS = ("brightness", "contrast", "saturation", "hue")  # op indices 0-3
 _RANGES = _JITTER_PARAMS + ("sigma",)
 
 
