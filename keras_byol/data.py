@@ -154,31 +154,27 @@ def _tfds_records(name, split, input_context, seed):
     )
 
 
-def _records(source, split, input_context, seed):
-    """Records {"image": encoded bytes or decoded uint8/float image, "label": int64}."""
+def _is_folder(source):
+    source = os.fspath(source)
+    return os.path.isdir(source) or source.startswith(("/", ".", "~")) or os.path.exists(source)
+
+
+def _columns(source, input_context):
+    """(columns, count) of an array or folder source, None for a tensorflow-datasets name.
+
+    columns: {"image": (N, H, W, C) array, "label": (N,) int64} or, for a folder,
+    {"path": (N,) file names, "label": (N,) int64}; one input pipeline's shard of them.
+    """
     if isinstance(source, tuple) and len(source) == 2:
         images, labels = source
     elif isinstance(source, np.ndarray):
         images, labels = source, None
     elif isinstance(source, (str, os.PathLike)):
-        source = os.fspath(source)
-        looks_like_path = source.startswith(("/", ".", "~")) or os.path.exists(source)
-        if os.path.isdir(source) or looks_like_path:
-            paths, labels, _ = _list_image_folder(source)
-            records = tf.data.Dataset.from_tensor_slices(
-                {"path": paths, "label": np.asarray(labels, np.int64)}
-            )
-            if input_context is not None:
-                records = records.shard(
-                    input_context.num_input_pipelines, input_context.input_pipeline_id
-                )
-            return records.map(
-                lambda r: {"image": tf.io.read_file(r["path"]), "label": r["label"]},
-                num_parallel_calls=tf.data.AUTOTUNE,
-            ), len(paths)
-        if split is None:
-            split = _DEFAULT_PRETRAIN_SPLIT.get(source.split("/")[0], "train")
-        return _tfds_records(source, split, input_context, seed), None
+        if not _is_folder(source):
+            return None
+        paths, labels, _ = _list_image_folder(os.fspath(source))
+        columns = {"path": np.asarray(paths), "label": np.asarray(labels, np.int64)}
+        return _shard(columns, input_context)
     else:
         raise TypeError(
             "source must be a tensorflow-datasets name, a folder path, an array of images "
@@ -195,13 +191,40 @@ def _records(source, split, input_context, seed):
     labels = np.full(len(images), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
     if len(labels) != len(images):
         raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-    records = tf.data.Dataset.from_tensor_slices({"image": images, "label": labels})
+    return _shard({"image": images, "label": labels}, input_context)
+
+
+def _shard(columns, input_context):
+    """This input pipeline's rows (every n-th from its index, like `Dataset.shard`)."""
     if input_context is not None:
-        records = records.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    return records, len(images)
+        step, first = input_context.num_input_pipelines, input_context.input_pipeline_id
+        columns = {name: values[first::step] for name, values in columns.items()}
+    return columns, len(columns["label"])
+
+
+def _records(source, split, input_context, seed):
+    """(records {"image": encoded bytes or decoded image, "label": int64}, count or None)."""
+    columns = _columns(source, input_context)
+    if columns is None:
+        if split is None:
+            split = _DEFAULT_PRETRAIN_SPLIT.get(os.fspath(source).split("/")[0], "train")
+        return _tfds_records(os.fspath(source), split, input_context, seed), None
+    columns, count = columns
+    records = tf.data.Dataset.from_tensor_slices(columns)
+    if "path" in columns:
+        records = records.map(
+            lambda r: {"image": _image_of(r), "label": r["label"]},
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+    return records, count
 
 
 # --------------------------------------------------------------------------- decoding
+def _image_of(record):
+    """A record's encoded or decoded image, reading the file of a {"path"} record."""
+    return tf.io.read_file(record["path"]) if "path" in record else record["image"]
+
+
 def _decode(image):
     """Encoded bytes or a decoded image → (H, W, 3) float32 in [0, 1]."""
     return augment.to_rgb_float(_decode_raw(image))
@@ -295,8 +318,11 @@ def pretrain_dataset(
             number of pipelines under a strategy). Incomplete last batches are dropped.
         image_size: output size S of the square views.
         split: tfds split (default "train"; "unlabelled" for stl10).
-        shuffle_buffer: examples in the shuffle buffer.
-        seed: seeds the shuffle and every view; the same seed gives the same epoch.
+        shuffle_buffer: records permuted together for tensorflow-datasets sources (arrays
+            and folders are permuted whole).
+        seed: seeds the order and every view. Each iteration (each Keras epoch) draws a new
+            pass (order and views) from a sequence the seed fixes; with repeat=True this is
+            `pretrain_stream`, whose batches are a function of their position.
         augment_on: "cpu" — views made here in tf.data; "device" — batches carry
             {"images": (B, S', S', 3) uint8} with S' = round(S / 0.875), for a BYOL model
             with an `augmenter` (the random crop then works on that center square).
@@ -308,41 +334,157 @@ def pretrain_dataset(
     Returns:
         A batched, prefetched `tf.data.Dataset` of dicts (see the module docstring).
     """
+    arguments = {name: value for name, value in locals().items() if name != "repeat"}
+    if repeat:
+        return pretrain_stream(**arguments)[0]
+    one_pass, per_pass, _ = _pass_maker(**arguments, start_batch=0)
+    pass_index = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).take(1)
+    dataset = pass_index.flat_map(one_pass)
+    if per_pass is not None:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(per_pass))
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _pass_maker(
+    source,
+    *,
+    batch_size,
+    image_size,
+    split,
+    shuffle_buffer,
+    seed,
+    augment_on,
+    view1,
+    view2,
+    input_context,
+    start_batch,
+):
+    """(one_pass(pass_index) → that pass's batches, batches per pass or None, first pass)."""
     if augment_on not in ("cpu", "device"):
         raise ValueError(f'augment_on must be "cpu" or "device"; got {augment_on!r}.')
     if batch_size < 1 or image_size < 1:
         raise ValueError(
             f"batch_size and image_size must be positive; got {batch_size}, {image_size}."
         )
-    records, count = _records(source, split, input_context, seed)
-    if count is not None and count < batch_size:
+    columns = _columns(source, input_context)
+    if columns is None:
+        if split is None:
+            split = _DEFAULT_PRETRAIN_SPLIT.get(os.fspath(source).split("/")[0], "train")
+        records = _tfds_records(os.fspath(source), split, input_context, seed)
+        examples = int(records.cardinality())
+    else:
+        columns, examples = columns
+        records = None
+    if examples >= 0 and examples < batch_size:
         raise ValueError(
-            f"The source has {count} images, fewer than one batch of {batch_size}: "
+            f"The source has {examples} images, fewer than one batch of {batch_size}: "
             "lower batch_size."
         )
-    records = records.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        records = records.repeat()
+    per_pass = examples // batch_size if examples >= 0 else None
+    first_pass, skipped = (start_batch // per_pass, start_batch % per_pass) if per_pass else (0, 0)
     if augment_on == "cpu":
-        seeds = tf.data.Dataset.random(seed=seed).batch(2)
-        examples = tf.data.Dataset.zip(records, seeds).map(
-            lambda r, s: {
-                **_views_from_record(r["image"], s, image_size, view1, view2),
-                "label": r["label"],
-            },
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+
+        def example(record, view_seed):
+            views = _views_from_record(_image_of(record), view_seed, image_size, view1, view2)
+            return {**views, "label": record["label"]}
     else:
         source_size = int(round(image_size / _EVAL_CENTER_CROP))
-        examples = records.map(
-            lambda r: {
-                "images": _device_source_image(r["image"], source_size),
-                "label": r["label"],
-            },
-            num_parallel_calls=tf.data.AUTOTUNE,
+
+        def example(record, view_seed):
+            del view_seed  # the views are made on the device
+            return {
+                "images": _device_source_image(_image_of(record), source_size),
+                "label": record["label"],
+            }
+
+    def shuffled(pass_key):
+        """This pass's records in its order: a uniform permutation where the source allows
+        random access, else the tfds order permuted within blocks of `shuffle_buffer`."""
+        order_key = tf.random.experimental.stateless_fold_in(pass_key, 0)
+        if records is None:
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(examples, dtype=tf.int64), seed=order_key
+            )
+            return tf.data.Dataset.from_tensor_slices(order).map(
+                lambda index: {name: tf.gather(values, index) for name, values in columns.items()}
+            )
+
+        def permute(block_index, block):
+            key = tf.random.experimental.stateless_fold_in(order_key, block_index)
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(tf.shape(block["label"], out_type=tf.int64)[0]), seed=key
+            )
+            return {name: tf.gather(values, order) for name, values in block.items()}
+
+        return records.batch(shuffle_buffer).enumerate().map(permute).unbatch()
+
+    def one_pass(pass_index):
+        pass_key = tf.stack([tf.cast(seed, tf.int64), pass_index])
+        view_key = tf.random.experimental.stateless_fold_in(pass_key, 1)
+        skip = tf.where(pass_index == first_pass, tf.constant(skipped * batch_size, tf.int64), 0)
+        return (
+            shuffled(pass_key)
+            .enumerate()
+            .skip(skip)
+            .map(
+                lambda i, r: example(r, tf.random.experimental.stateless_fold_in(view_key, i)),
+                num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True,
+            )
+            .batch(batch_size, drop_remainder=True)
         )
-    return examples.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+    return one_pass, per_pass, first_pass
+
+
+def pretrain_stream(
+    source,
+    *,
+    batch_size,
+    image_size,
+    split=None,
+    shuffle_buffer=10_000,
+    seed=0,
+    augment_on="cpu",
+    view1=augment.BYOL_VIEW1,
+    view2=augment.BYOL_VIEW2,
+    input_context=None,
+    start_batch=0,
+    passes=None,
+):
+    """The pretraining batches as a deterministic stream that can start at any batch.
+
+    Pass p over the source is ordered by stateless random permutations keyed by (`seed`,
+    p) — a uniform permutation of all examples for arrays and folders, a permutation within
+    each block of `shuffle_buffer` records for tensorflow-datasets (whose files tfds
+    already shuffles) — and the views of its i-th example use a stateless seed keyed by
+    (seed, p, i). So the stream is a function of its position, not of an iterator's
+    history or of TensorFlow's global seed. `start_batch=N` yields what batch N onwards
+    of the stream from 0 would be, skipping the first N·B examples before anything is
+    decoded (a folder's files are read after the skip; a tfds source reads and drops the
+    records of the pass being resumed). Each pass drops its incomplete last batch.
+
+    Args:
+        source, batch_size, image_size, split, shuffle_buffer, seed, augment_on, view1,
+            view2, input_context: as in `pretrain_dataset`.
+        start_batch: the stream's first batch (a resumed run: steps done × batches per step).
+        passes: passes over the source to make (counted from 0); None = forever.
+
+    Returns:
+        (dataset, batches per pass, or None when the source's length is unknown).
+    """
+    arguments = {name: value for name, value in locals().items() if name != "passes"}
+    one_pass, per_pass, first_pass = _pass_maker(**arguments)
+    end = 2**62 if passes is None else passes  # 2**62 passes: forever
+    stream = tf.data.Dataset.range(first_pass, end).flat_map(one_pass)
+    if start_batch and per_pass is None:
+        logger.warning(
+            "The length of this source is unknown, so the stream cannot seek: making and "
+            "dropping its first %d batches.",
+            start_batch,
+        )
+        stream = stream.skip(start_batch)
+    return stream.prefetch(tf.data.AUTOTUNE), per_pass
 
 
 def labelled_train_dataset(

@@ -140,7 +140,7 @@ def resnet(
     norm="batch",
     groups=32,
     zero_init_residual=True,
-    synchronized_batchnorm=False,
+    synchronized_batchnorm=True,
 ):
     """A ResNet v1 encoder mapping images in [0, 1] to pooled features.
 
@@ -156,8 +156,9 @@ def resnet(
         groups: GroupNorm groups (capped at the channel count); used with "group_ws".
         zero_init_residual: start the last normalization γ of every residual branch at 0,
             as Haiku's ResNet v1 (used by the official code) does.
-        synchronized_batchnorm: synchronize BatchNorm statistics across replicas under a
-            `tf.distribute` strategy.
+        synchronized_batchnorm: normalize with the global batch's statistics whenever
+            several `tf.distribute` replicas train (the recipe's setting; one device keeps
+            the fused kernel). False: each replica normalizes its own slice.
 
     Returns:
         A functional `keras.Model` named `name`: (B, H, W, 3) float in [0, 1] →

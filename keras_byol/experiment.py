@@ -1,8 +1,6 @@
 """pretrain(config, workdir): data → model → fit with checkpoints/resume → export → evaluation."""
 
 import json
-import logging
-import math
 import os
 import shutil
 import sys
@@ -12,23 +10,17 @@ import keras
 import numpy as np
 
 from keras_byol import augment, data, distribute, encoders, evaluation, export
-from keras_byol.callbacks import TargetUpdate
-from keras_byol.config import PretrainConfig
+from keras_byol.callbacks import AtomicCheckpoint, DivergenceGuard, EpochLog
+from keras_byol.callbacks import applied_steps as steps_done
+from keras_byol.config import FIXED, REPLAN, PretrainConfig
 from keras_byol.model import BYOL
 from keras_byol.monitors import CollapseMonitor
 from keras_byol.optimizers import LARS
-from keras_byol.schedules import WarmupCosine
-
-logger = logging.getLogger("keras_byol")
+from keras_byol.schedules import CosineTargetDecay, WarmupCosine
 
 CHECKPOINT = os.path.join("checkpoint", "byol.keras")
 CONFIG_FILE = "config.json"
 BUNDLED_MNIST = "bundled:mnist"
-
-
-def steps_done(model):
-    """Optimizer steps taken (works for strategy-mirrored variables too)."""
-    return int(model.optimizer.iterations.numpy())
 
 
 class TrainingDiverged(RuntimeError):
@@ -79,12 +71,13 @@ def _view_configs(config):
     return augment.BYOL_VIEW1, augment.BYOL_VIEW2
 
 
-def _pretrain_data(config, source, strategy):
-    """(distributed dataset repeating forever, steps per epoch) for `strategy`.
+def _pretrain_data(config, source, strategy, start_step=0):
+    """(distributed stream of batches from optimizer step `start_step` on, steps per epoch).
 
     Each input pipeline (one per worker) reads its own shard with per-replica batches and
-    its own view seeds; `strategy.distribute_datasets_from_function` deals its batches to
-    the worker's replicas.
+    its own seed; `strategy.distribute_datasets_from_function` deals its batches to the
+    worker's replicas. The stream (`data.pretrain_stream`) is a function of its position,
+    so a run resumed at step s reads what an uninterrupted run reads from step s on.
     """
     import tensorflow as tf
 
@@ -92,7 +85,10 @@ def _pretrain_data(config, source, strategy):
     batches_per_epoch = []
 
     def dataset_fn(input_context):
-        dataset = data.pretrain_dataset(
+        replicas_per_pipeline = (
+            input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        )
+        dataset, batches_per_pass = data.pretrain_stream(
             source,
             batch_size=input_context.get_per_replica_batch_size(config.batch_size),
             image_size=config.image_size,
@@ -102,12 +98,10 @@ def _pretrain_data(config, source, strategy):
             view1=view1,
             view2=view2,
             input_context=input_context,
+            start_batch=start_step * replicas_per_pipeline,
         )
-        replicas_per_pipeline = (
-            input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        )
-        batches_per_epoch.append(int(dataset.cardinality()) // replicas_per_pipeline)
-        return dataset.repeat()
+        batches_per_epoch.append((batches_per_pass or -1) // replicas_per_pipeline)
+        return dataset
 
     dataset = strategy.distribute_datasets_from_function(
         dataset_fn, tf.distribute.InputOptions(experimental_fetch_to_device=True)
@@ -138,7 +132,7 @@ def _pretrain_data(config, source, strategy):
 
 
 # -------------------------------------------------------------------------------- model
-def build_encoder(config, synchronized_batchnorm=False):
+def build_encoder(config, synchronized_batchnorm=True):
     return encoders.resnet(
         config.encoder,
         input_shape=(config.image_size, config.image_size, 3),
@@ -149,9 +143,44 @@ def build_encoder(config, synchronized_batchnorm=False):
     )
 
 
-def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnorm=False):
-    """A compiled BYOL model with the configured optimizer and warm-up cosine LR; with
-    `num_classes`, an online linear probe reports `probe_accuracy` during pretraining."""
+def build_optimizer(config, model, steps_per_epoch):
+    """The configured optimizer with its warm-up cosine LR. Biases and normalization
+    parameters (rank ≤ 1) get no weight decay with any optimizer, as in the recipe's LARS."""
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    if config.optimizer == "lars":
+        return LARS(schedule, weight_decay=config.effective_weight_decay, eta=config.lars_eta)
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(
+            schedule, momentum=0.9, weight_decay=config.effective_weight_decay
+        )
+    else:
+        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.effective_weight_decay)
+    # Keras' exclusion list is not saved with the optimizer: the job sets it on every build.
+    optimizer.exclude_from_weight_decay(
+        var_list=[v for v in model.trainable_variables if len(v.shape) <= 1]
+    )
+    return optimizer
+
+
+def learning_rate_schedule(config, steps_per_epoch):
+    """Linear warm-up to the batch-scaled peak, cosine decay to 0 at epochs × steps
+    (steps_per_epoch None: a placeholder until `plan_schedules` knows the data's length)."""
+    if steps_per_epoch is None:
+        return WarmupCosine(config.peak_learning_rate, 0, 1)
+    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
+    return WarmupCosine(config.peak_learning_rate, warmup_steps, config.epochs * steps_per_epoch)
+
+
+def plan_schedules(model, config, steps_per_epoch):
+    """Sets the learning-rate and τ schedules of `model` to end at epochs × steps_per_epoch."""
+    model.optimizer.learning_rate = learning_rate_schedule(config, steps_per_epoch)
+    model.set_target_decay(CosineTargetDecay(config.base_tau, config.epochs * steps_per_epoch))
+
+
+def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnorm=True):
+    """A compiled BYOL model with the configured optimizer, learning-rate and τ schedules
+    (steps_per_epoch None: planned later by `plan_schedules`); with `num_classes`, an
+    online linear probe reports `probe_accuracy` during pretraining."""
     keras.utils.set_random_seed(config.seed)
     augmenter = None
     if config.augment_on == "device":
@@ -162,116 +191,70 @@ def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnor
         projection_dim=config.projection_dim,
         hidden_dim=config.hidden_dim,
         predictor_hidden_dim=config.predictor_hidden_dim,
+        target_decay=CosineTargetDecay(
+            config.base_tau, steps_per_epoch and config.epochs * steps_per_epoch
+        ),
         augmenter=augmenter,
         num_classes=num_classes,
         synchronized_batchnorm=synchronized_batchnorm,
         concat_views=config.concat_views,
     )
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    schedule = WarmupCosine(config.peak_learning_rate, warmup_steps, total_steps)
-    if config.optimizer == "lars":
-        optimizer = LARS(schedule, weight_decay=config.effective_weight_decay, eta=config.lars_eta)
-    elif config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(
-            schedule, momentum=0.9, weight_decay=config.effective_weight_decay
-        )
-    else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.effective_weight_decay)
     model.compile(
-        optimizer=optimizer,
+        optimizer=build_optimizer(config, model, steps_per_epoch),
         steps_per_execution=config.steps_per_execution,
         jit_compile=config.jit_compile,
     )
     return model
 
 
-# ---------------------------------------------------------------------------- callbacks
-class AtomicCheckpoint(keras.callbacks.Callback):
-    """Saves the whole model (weights, target, optimizer state) every N epochs and at the
-    end, to a temporary file that then replaces the checkpoint (never a half-written one)."""
-
-    def __init__(self, path, every_epochs):
-        super().__init__()
-        self.path = path
-        self.every_epochs = every_epochs
-
-    def save(self):
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        temporary = self.path + ".tmp.keras"
-        self.model.save(temporary)
-        os.replace(temporary, self.path)
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and math.isfinite(loss) and (epoch + 1) % self.every_epochs == 0:
-            self.save()
-
-
-class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and remembers where it happened."""
-
-    def __init__(self):
-        super().__init__()
-        self.last_finite_loss = None
-        self.diverged_at_step = None
-
-    def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is None:
-            return
-        if math.isfinite(loss):
-            self.last_finite_loss = float(loss)
-        elif self.diverged_at_step is None:
-            self.diverged_at_step = steps_done(self.model)
-            self.model.stop_training = True
-
-
-class EpochLog(keras.callbacks.Callback):
-    """One line per epoch: loss, τ, learning rate, collapse monitor and, with labels, the
-    online probe's accuracy; adds learning_rate to the logs (and so to TensorBoard)."""
-
-    def on_epoch_end(self, epoch, logs=None):
-        if logs is None:
-            return
-        logs["learning_rate"] = float(
-            keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-        )
-        logger.info(
-            "epoch %d: loss %.4f tau %.5f lr %.4g projection_std %.4f",
-            epoch + 1,
-            logs.get("loss", float("nan")),
-            logs.get("tau", float("nan")),
-            logs["learning_rate"],
-            logs.get("projection_std", float("nan")),
-        )
-        probe = logs.get("probe_accuracy")
-        print(
-            f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f} "
-            f"tau {logs.get('tau', float('nan')):.5f} lr {logs['learning_rate']:.4g} "
-            f"projection_std {logs.get('projection_std', float('nan')):.4f}"
-            + ("" if probe is None else f" probe_accuracy {probe:.4f}"),
-            flush=True,
-        )
-
-
 # ------------------------------------------------------------------------------ workdir
-def _check_workdir(config, workdir):
-    """Refuses a workdir that holds a run of another architecture (nothing is written)."""
+def _saved_run(workdir):
+    """The run record in WORKDIR/config.json (config fields, the data's steps per epoch,
+    the resume history), or None."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
-        return
+        return None
     with open(path) as f:
-        previous = PretrainConfig.from_json(f.read())
-    differences = config.architecture_differences(previous)
-    if differences:
-        listing = ", ".join(
-            f"{k}: {new!r} here vs {old!r} saved" for k, (new, old) in differences.items()
+        return json.load(f)
+
+
+def _resume_changes(config, run, workdir):
+    """{field: (new, saved)} of the schedule changes a resumed run re-plans; raises
+    ValueError naming every change it cannot honour (nothing is written)."""
+    differences = config.resume_differences(PretrainConfig.from_dict(run))
+    if differences[FIXED]:
+        listing = "; ".join(
+            f"{name}: {new!r} here vs {old!r} saved"
+            for name, (new, old) in differences[FIXED].items()
         )
         raise ValueError(
-            f"The workdir {workdir!r} holds a checkpoint of a different architecture ({listing}). "
-            "Use a new --workdir, or the flags of that run to resume it. Nothing was overwritten."
+            f"The workdir {workdir!r} holds a checkpoint of a run that this command cannot "
+            f"continue ({listing}). Use a new --workdir, or the saved values to resume "
+            "(--epochs and --learning_rate may change). Nothing in the workdir was changed."
         )
+    return differences[REPLAN]
+
+
+def _check_data_length(run, steps_per_epoch, workdir):
+    saved = (run or {}).get("data_steps_per_epoch")
+    if saved is not None and saved != steps_per_epoch:
+        raise ValueError(
+            f"The data now gives {steps_per_epoch} steps per epoch; the run in {workdir!r} "
+            f"had {saved} (the source changed). Epochs and schedules would shift: use a new "
+            "--workdir, or restore the data. Nothing in the workdir was changed."
+        )
+
+
+def _run_record(config, run, steps_per_epoch, step, changes):
+    """config.json's content: the config, the data's steps per epoch and the history of
+    re-planned changes (step, field, old and new value)."""
+    history = list((run or {}).get("resume_history", []))
+    if changes:
+        history.append(
+            {"at_step": step, "changes": {k: [old, new] for k, (new, old) in changes.items()}}
+        )
+    record = {**config.to_dict(), "data_steps_per_epoch": steps_per_epoch}
+    return json.dumps({**record, "resume_history": history}, indent=2, sort_keys=True)
 
 
 def _write_atomically(path, text):
@@ -291,10 +274,16 @@ def _replace_directory(source, target):
 def pretrain(config, workdir, strategy=None):
     """Pretrains BYOL as `config` says, resuming from `workdir` if it holds a checkpoint.
 
-    Writes WORKDIR/config.json, WORKDIR/checkpoint/byol.keras (every
-    `checkpoint_every_epochs` and at the end), TensorBoard logs in WORKDIR/logs, the full
-    model WORKDIR/byol.keras, the online encoder SavedModel (`export_dir` or
+    Writes WORKDIR/config.json (the config, the data's steps per epoch and the history of
+    re-planned changes), WORKDIR/checkpoint/byol.keras (every `checkpoint_every_epochs`,
+    every `checkpoint_every_steps` and at the end), TensorBoard logs in WORKDIR/logs, the
+    full model WORKDIR/byol.keras, the online encoder SavedModel (`export_dir` or
     WORKDIR/encoder) and, when `config.evaluate`, WORKDIR/eval.json.
+
+    A workdir with a checkpoint is resumed: the model is built from `config` and takes the
+    checkpoint's state (weights, target, optimizer, step). A change of a FIXED field (see
+    `config.RESUME_RULES`) is refused before anything is written; a changed `epochs` or
+    `learning_rate` re-plans the learning-rate and τ schedules from the current step.
 
     Args:
         config: a `PretrainConfig`.
@@ -318,68 +307,75 @@ def pretrain(config, workdir, strategy=None):
             f"The global batch_size={config.batch_size} does not split evenly over {replicas} "
             f"replicas; use a multiple of {replicas}."
         )
-    synchronized = config.sync_batchnorm and replicas > 1
     chief = distribute.is_chief(strategy)
     os.makedirs(workdir, exist_ok=True)
-    _check_workdir(config, workdir)
+    checkpoint_path = os.path.join(workdir, CHECKPOINT)
+    run = _saved_run(workdir)
+    resuming = os.path.exists(checkpoint_path)
+    changes = _resume_changes(config, run, workdir) if resuming and run else {}
     previous_policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(config.precision)
     try:
         source, eval_sources = _sources(config)
-        dataset, steps_per_epoch = _pretrain_data(config, source, strategy)
-        checkpoint_path = os.path.join(workdir, CHECKPOINT)
         distribute.check_workers_see_the_same_checkpoint(strategy, checkpoint_path)
         with strategy.scope():
-            if os.path.exists(checkpoint_path):
-                model = keras.models.load_model(checkpoint_path)
-                step = steps_done(model)
-                print(f"Resuming from {checkpoint_path} at step {step}.", flush=True)
-            else:
-                model = build_model(config, steps_per_epoch, _num_classes(config), synchronized)
+            # The schedules are planned once the data's length is known (below).
+            model = build_model(config, None, _num_classes(config), config.sync_batchnorm)
+            if resuming:
+                model.optimizer.build(model.trainable_variables)
+                model.load_weights(checkpoint_path)
+        step = steps_done(model)
+        dataset, steps_per_epoch = _pretrain_data(config, source, strategy, step)
+        _check_data_length(run if resuming else None, steps_per_epoch, workdir)
+        plan_schedules(model, config, steps_per_epoch)
+        total_steps = config.epochs * steps_per_epoch
+        if resuming:
+            print(f"Resuming from {checkpoint_path} at step {step}.", flush=True)
+        if changes:
+            listing = ", ".join(f"{k} {old} → {new}" for k, (new, old) in changes.items())
+            print(
+                f"Re-planned ({listing}): the learning-rate and τ schedules now end at step "
+                f"{total_steps}; continuing from step {step}.",
+                flush=True,
+            )
         if chief:
-            _write_atomically(os.path.join(workdir, CONFIG_FILE), config.to_json())
-        initial_epoch = steps_done(model) // steps_per_epoch
+            record = _run_record(config, run, steps_per_epoch, step, changes)
+            _write_atomically(os.path.join(workdir, CONFIG_FILE), record)
 
         guard = DivergenceGuard()
-        checkpoint = AtomicCheckpoint(checkpoint_path, config.checkpoint_every_epochs)
-        callbacks = [
-            TargetUpdate(config.base_tau, total_steps=config.epochs * steps_per_epoch),
-            guard,
-            EpochLog(),
-            CollapseMonitor(),
-        ]
+        checkpoint = AtomicCheckpoint(
+            checkpoint_path, config.checkpoint_every_epochs, config.checkpoint_every_steps
+        )
+        callbacks = [guard, EpochLog(), CollapseMonitor()]
         if chief:  # one writer per cluster; the other workers read the chief's checkpoint
             callbacks += [keras.callbacks.TensorBoard(os.path.join(workdir, "logs")), checkpoint]
         start = time.time()
         history = {}
-        if initial_epoch < config.epochs:
-            history = model.fit(
+        while step < total_steps and guard.diverged_at_step is None:
+            # An epoch cut by a step checkpoint is finished first, then whole epochs follow.
+            epoch, into_epoch = divmod(step, steps_per_epoch)
+            if dataset is None:
+                dataset, _ = _pretrain_data(config, source, strategy, step)
+            fitted = model.fit(
                 dataset,
-                epochs=config.epochs,
-                initial_epoch=initial_epoch,
-                steps_per_epoch=steps_per_epoch,
+                epochs=epoch + 1 if into_epoch else config.epochs,
+                initial_epoch=epoch,
+                steps_per_epoch=steps_per_epoch - into_epoch,
                 callbacks=callbacks,
                 verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal
             ).history
+            for name, values in fitted.items():
+                history.setdefault(name, []).extend(values)
+            if steps_done(model) == step:
+                break  # stopped without a step (a callback asked to stop)
+            step, dataset = steps_done(model), None
         if guard.diverged_at_step is not None:
-            if os.path.exists(checkpoint_path):
-                kept = (
-                    f"The last good checkpoint {checkpoint_path!r} is intact: lower the "
-                    "learning rate and rerun to resume from it."
-                )
-            else:
-                kept = "No checkpoint had been written yet: lower the learning rate and rerun."
-            raise TrainingDiverged(
-                f"The BYOL loss became NaN/inf at optimizer step {guard.diverged_at_step} (last "
-                f"finite loss {guard.last_finite_loss}). Likely cause: a learning rate too high "
-                f"for optimizer={config.optimizer} (base {config.base_learning_rate}), or "
-                f"mixed_float16 overflow. {kept}"
-            )
+            raise TrainingDiverged(_divergence_message(config, guard, checkpoint_path))
         train_seconds = time.time() - start
         result = {
             "history": history,
-            "epochs_done": steps_done(model) // steps_per_epoch,
-            "steps_done": steps_done(model),
+            "epochs_done": step // steps_per_epoch,
+            "steps_done": step,
             "export_dir": None,
             "eval": None,
             "model": model,
@@ -411,8 +407,24 @@ def pretrain(config, workdir, strategy=None):
         keras.config.set_dtype_policy(previous_policy)
 
 
+def _divergence_message(config, guard, checkpoint_path):
+    if os.path.exists(checkpoint_path):
+        kept = (
+            f"The last good checkpoint {checkpoint_path!r} is intact: lower the "
+            "learning rate and rerun to resume from it."
+        )
+    else:
+        kept = "No checkpoint had been written yet: lower the learning rate and rerun."
+    return (
+        f"The BYOL loss became NaN/inf at optimizer step {guard.diverged_at_step} (last "
+        f"finite loss {guard.last_finite_loss}). Likely cause: a learning rate too high "
+        f"for optimizer={config.optimizer} (base {config.base_learning_rate}), or "
+        f"mixed_float16 overflow. {kept}"
+    )
+
+
 def single_device_encoder(config, encoder):
-    """A copy of `encoder` built in the default strategy (plain BatchNorm), same weights."""
+    """A copy of `encoder` built in the default strategy (one device), same weights."""
     copy = build_encoder(config)
     copy.set_weights(encoder.get_weights())
     return copy

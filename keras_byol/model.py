@@ -1,55 +1,35 @@
 """BYOL(keras.Model): online encoder + projector + predictor, a target copy, and the train step."""
 
-import inspect
+import warnings
 
 import keras
 from keras import ops
 
+from keras_byol.batches import encoder_input_shape, pooled_feature_dim
 from keras_byol.heads import MLPHead
 from keras_byol.losses import byol_loss
 from keras_byol.normalization import layers_without_per_view_statistics, per_view_statistics
-from keras_byol.schedules import target_decay
-
-_FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
-
-
-def _input_shape_of(encoder):
-    """(H, W, C) of a functional/Sequential encoder, or a ValueError saying what to do."""
-    inputs = getattr(encoder, "inputs", None)
-    if not inputs or len(inputs) != 1:
-        raise ValueError(
-            "BYOL needs an encoder with one defined image input, such as a functional "
-            "keras.Model (e.g. keras_byol.encoders.resnet(...)); got "
-            f"{type(encoder).__name__} with inputs={inputs!r}."
-        )
-    return tuple(inputs[0].shape[1:])
+from keras_byol.schedules import CosineTargetDecay, target_decay
+from keras_byol.workarounds import TrainerWorkarounds, bind_fit_arguments
 
 
-def _pooled_feature_dim(encoder):
-    """D of an encoder whose output is (B, D), or a ValueError naming the fix."""
-    outputs = getattr(encoder, "outputs", None)
-    shape = tuple(outputs[0].shape) if outputs and len(outputs) == 1 else None
-    if shape is None or len(shape) != 2 or shape[-1] is None:
-        raise ValueError(
-            "The BYOL encoder must return pooled features of shape (B, D); this one returns "
-            f"{shape}. End it with keras.layers.GlobalAveragePooling2D() (the ResNets of "
-            "keras_byol.encoders already do)."
-        )
-    return int(shape[-1])
+def synchronize_batchnorms(network, synchronized):
+    """Sets `synchronized` on every BatchNormalization layer of `network` (TensorFlow only).
 
-
-def _bind_fit_arguments(args, kwargs):
-    """keras.Model.fit's arguments by name, whether passed by position or keyword."""
-    signature = inspect.signature(keras.Model.fit)
-    bound = signature.bind(None, *args, **kwargs)
-    arguments = dict(bound.arguments)
-    arguments.pop("self", None)
-    arguments.update(arguments.pop("kwargs", {}))
-    return arguments
+    Under a `tf.distribute` strategy with several replicas, synchronized layers normalize
+    with the statistics of the global batch, as the recipe does; on one device
+    `FusedBatchNormalization` then still runs its fused kernel. Other backends compute
+    statistics over the whole (sharded) batch anyway, and Keras refuses the flag there.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    for layer in network._flatten_layers(include_self=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = bool(synchronized)
 
 
 @keras.saving.register_keras_serializable(package="keras_byol")
-class BYOL(keras.Model):
+class BYOL(TrainerWorkarounds, keras.Model):
     """Bootstrap Your Own Latent (Grill et al., 2020).
 
     Online network: `encoder` f → `projector` g → `predictor` q (trained). Target
@@ -60,9 +40,11 @@ class BYOL(keras.Model):
     are not averaged from the online ones.
 
     `fit` takes a dataset of dicts `{"view1": (B, H, W, 3) float in [0, 1], "view2": …}`
-    (an extra `"label"` is ignored). A `callbacks.TargetUpdate` sets τ_base and the
-    number of steps K of the cosine τ schedule; `fit` adds `TargetUpdate(0.996)` when
-    none is given. Calling the model returns the online encoder's features.
+    (an extra `"label"` is ignored) and logs `loss`, `projection_std` and `tau` (the τ of
+    the last update). τ follows `target_decay`, a `schedules.CosineTargetDecay` the model
+    owns and saves: `fit`, `train_on_batch`, custom loops and repeated `fit` calls all
+    follow it, counting applied optimizer steps. Calling the model returns the online
+    encoder's features.
 
     Args:
         encoder: a functional `keras.Model` from (B, H, W, 3) images to (B, D) features,
@@ -70,7 +52,14 @@ class BYOL(keras.Model):
         projection_dim: output width of projector and predictor (256 in the paper).
         hidden_dim: hidden width of the projector (4096 in the paper).
         predictor_hidden_dim: hidden width of the predictor; defaults to `hidden_dim`.
-        synchronized_batchnorm: synchronize the heads' BatchNorm across replicas.
+        target_decay: the τ schedule, a `schedules.CosineTargetDecay`. Default
+            `CosineTargetDecay(0.996)` without total_steps: the first `fit` sets K from
+            its epochs × steps per epoch and says so; `train_on_batch` and custom loops
+            need it set. When τ reaches 1 while training goes on, a warning says so.
+        synchronized_batchnorm: every BatchNorm of encoder, projector, predictor and
+            target normalizes with the statistics of the global batch whenever several
+            `tf.distribute` replicas train (the recipe's setting; one device keeps the
+            fused kernel). False: each replica normalizes its own slice.
         augmenter: optional `augment.TwoViewAugmenter` (TensorFlow backend): batches may
             then be {"images": (B, H, W, 3) uint8 or float} and the views are made inside
             the train step, on the accelerator.
@@ -89,9 +78,10 @@ class BYOL(keras.Model):
 
     Example:
         >>> encoder = keras_byol.encoders.resnet("resnet18", (32, 32, 3), small_images=True)
-        >>> model = keras_byol.BYOL(encoder, projection_dim=256, hidden_dim=4096)
+        >>> model = keras_byol.BYOL(
+        ...     encoder, target_decay=keras_byol.schedules.CosineTargetDecay(0.996, 10 * steps))
         >>> model.compile(optimizer=keras_byol.optimizers.LARS(0.2, weight_decay=1.5e-6))
-        >>> model.fit(views, epochs=10, callbacks=[keras_byol.callbacks.TargetUpdate(0.996)])
+        >>> model.fit(views, epochs=10)  # views: a dataset of `steps` batches
         >>> features = model.encoder(images)  # (B, D), the online encoder
 
     Reference:
@@ -104,7 +94,8 @@ class BYOL(keras.Model):
         projection_dim=256,
         hidden_dim=4096,
         predictor_hidden_dim=None,
-        synchronized_batchnorm=False,
+        target_decay=None,
+        synchronized_batchnorm=True,
         augmenter=None,
         concat_views=False,
         num_classes=None,
@@ -118,13 +109,14 @@ class BYOL(keras.Model):
                 '(keras_byol.data.pretrain_dataset(..., augment_on="cpu")).'
             )
         self.augmenter = augmenter
-        self.image_shape = _input_shape_of(encoder)
-        feature_dim = _pooled_feature_dim(encoder)
+        self.image_shape = encoder_input_shape(encoder)
+        feature_dim = pooled_feature_dim(encoder)
         self.projection_dim = int(projection_dim)
         self.hidden_dim = int(hidden_dim)
         self.predictor_hidden_dim = int(predictor_hidden_dim or hidden_dim)
         self.synchronized_batchnorm = bool(synchronized_batchnorm)
 
+        synchronize_batchnorms(encoder, self.synchronized_batchnorm)
         self.encoder = encoder
         self.projector = MLPHead(
             self.hidden_dim, self.projection_dim, synchronized_batchnorm, name="projector"
@@ -152,21 +144,15 @@ class BYOL(keras.Model):
         if self.concat_views:
             self._check_per_view_statistics()
 
-        # τ schedule state, set by callbacks.TargetUpdate; stored so it is saved and resumed.
+        # The τ schedule, mirrored in two variables that the compiled step reads (so a
+        # re-planned K needs no retrace) and that checkpoints save; 0 steps = not set yet.
         self.base_tau = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(0.996),
-            trainable=False,
-            name="base_tau",
-            dtype="float32",
+            shape=(), initializer="ones", trainable=False, name="base_tau", dtype="float32"
         )
         self.tau_total_steps = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(1),
-            trainable=False,
-            name="tau_total_steps",
-            dtype="int32",
+            shape=(), initializer="zeros", trainable=False, name="tau_total_steps", dtype="int32"
         )
+        self.set_target_decay(target_decay or CosineTargetDecay())
         self.num_classes = None if num_classes is None else int(num_classes)
         self.probe = None
         if self.num_classes is not None:
@@ -253,79 +239,50 @@ class BYOL(keras.Model):
             metrics += [self.probe_loss_tracker, self.probe_accuracy]
         return metrics
 
-    def set_target_schedule(self, base_tau, total_steps):
-        """Sets τ_base and K of the cosine τ schedule (callbacks.TargetUpdate calls this)."""
-        if not 0.0 <= base_tau <= 1.0:
-            raise ValueError(f"base_tau must be in [0, 1], got {base_tau}.")
-        if int(total_steps) < 1:
-            raise ValueError(
-                f"total_steps must be >= 1 for the τ schedule to be defined, got {total_steps}."
+    def set_target_decay(self, schedule):
+        """Makes `schedule` (a `schedules.CosineTargetDecay`) the model's τ schedule.
+
+        It takes effect from the next step: τ_k is evaluated on the applied-step counter k,
+        so changing K mid-run continues the cosine of the new K from the current step.
+        """
+        if not isinstance(schedule, CosineTargetDecay):
+            raise TypeError(
+                "target_decay must be a keras_byol.schedules.CosineTargetDecay; got "
+                f"{type(schedule).__name__}."
             )
-        self.base_tau.assign(float(base_tau))
-        self.tau_total_steps.assign(int(total_steps))
+        self.target_decay = CosineTargetDecay(**schedule.get_config())
+        self.base_tau.assign(self.target_decay.base_tau)
+        self.tau_total_steps.assign(self.target_decay.total_steps or 0)
+        self._warned_frozen_target = False
+
+    def check_target_decay(self):
+        """Raises unless the τ schedule is planned (the backends' steps call it, at trace)."""
+        if self.target_decay.total_steps is None:
+            raise ValueError(
+                "The τ schedule has no total_steps, so the target update is undefined. "
+                "Build BYOL(..., target_decay=keras_byol.schedules.CosineTargetDecay(base_tau, "
+                "total_steps=K)) with K the optimizer steps of the whole run, or call "
+                "model.set_target_decay(...); model.fit sets it from its epochs when unset."
+            )
 
     def current_tau(self, step):
-        """τ for the update after optimizer step `step` (0-based), from the stored schedule."""
-        return target_decay(step, self.base_tau, self.tau_total_steps)
+        """τ for the update after applied optimizer step `step` (0-based)."""
+        return target_decay(step, self.base_tau, ops.maximum(self.tau_total_steps, 1))
 
-    # ---------------------------------------------------------------------------- inputs
-    def unpack_views(self, data):
-        """(view1, view2) from a batch, or an error saying what the dataset should yield."""
-        if isinstance(data, (tuple, list)):
-            # train_on_batch and array inputs arrive as (x,) or (x, None, None).
-            if data and isinstance(data[0], dict) and all(d is None for d in data[1:]):
-                data = data[0]
-            else:
-                raise TypeError(
-                    "BYOL.fit expects batches that are dicts {'view1': images, 'view2': images} "
-                    f"(float32, (B, H, W, 3), values in [0, 1]); got a {type(data).__name__} of "
-                    f"{len(data)} elements. Map your dataset, e.g. "
-                    "ds.map(lambda v1, v2: {'view1': v1, 'view2': v2})."
-                )
-        if isinstance(data, dict) and "images" in data and "view1" not in data:
-            if self.augmenter is None:
-                raise TypeError(
-                    "This batch holds raw 'images' but the model has no augmenter: build "
-                    "BYOL(..., augmenter=keras_byol.augment.TwoViewAugmenter(image_size=...)) "
-                    'or make the views in tf.data (pretrain_dataset(..., augment_on="cpu")).'
-                )
-            data = self.augmenter(data["images"])
-        if not isinstance(data, dict) or "view1" not in data or "view2" not in data:
-            keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-            raise TypeError(
-                "BYOL.fit expects batches that are dicts with keys 'view1' and 'view2'; got "
-                f"{keys}."
-            )
-        view1, view2 = data["view1"], data["view2"]
-        for name, view in (("view1", view1), ("view2", view2)):
-            dtype = keras.backend.standardize_dtype(view.dtype)
-            if dtype not in _FLOAT_DTYPES:
-                raise TypeError(
-                    f"BYOL {name} must be float images in [0, 1]; got dtype {dtype}. Convert "
-                    "with tf.image.convert_image_dtype(images, tf.float32) or images / 255."
-                )
-            if len(view.shape) != 4:
-                raise ValueError(
-                    f"BYOL {name} must have shape (B, H, W, C); got {tuple(view.shape)}."
-                )
-        shape1, shape2 = tuple(view1.shape[1:]), tuple(view2.shape[1:])
-        if any(a is not None and b is not None and a != b for a, b in zip(shape1, shape2)):
-            raise ValueError(
-                f"BYOL views must have the same shape; got view1 {shape1} and view2 {shape2}. "
-                "Resize both views to one image_size."
-            )
-        expected = self.image_shape
-        if any(e is not None and s is not None and e != s for e, s in zip(expected, shape1)):
-            raise ValueError(
-                f"BYOL views of shape {shape1} do not fit the encoder's input {expected}."
-            )
-        return view1, view2
-
-    def batch_labels(self, data):
-        """The batch's "label" (B,) when the model has a probe, else None."""
-        if self.probe is None or not isinstance(data, dict):
-            return None
-        return data.get("label")
+    def warn_if_target_frozen(self, last_step):
+        """Warns once when training reaches `last_step` past the step where τ becomes 1."""
+        total = self.target_decay.total_steps
+        if total is None or last_step <= total or self._warned_frozen_target:
+            return
+        self._warned_frozen_target = True
+        warnings.warn(
+            f"The target network stops moving: τ reaches 1 at step {total} "
+            f"({self.target_decay}), and training goes on to step {last_step}. Plan the "
+            "whole run: BYOL(target_decay=keras_byol.schedules.CosineTargetDecay("
+            f"{self.target_decay.base_tau}, total_steps={last_step})) or "
+            "model.set_target_decay(...).",
+            stacklevel=3,
+        )
 
     # --------------------------------------------------------------------------- forward
     def call(self, inputs, training=False):
@@ -394,6 +351,17 @@ class BYOL(keras.Model):
         for target, online in self._averaged_pairs:
             target.assign_sub(one_minus_tau * (target - online))
 
+    def update_target(self, step, applied=True):
+        """The Polyak update after optimizer step `step` (0-based), if that step was applied.
+
+        A step a loss-scaling optimizer skipped (non-finite gradients) leaves the target
+        as it is (τ = 1 exactly); the τ index does not advance either, since it counts
+        applied steps. Returns τ_step.
+        """
+        tau = self.current_tau(step)
+        self.polyak_update(ops.where(applied, tau, ops.ones_like(tau)))
+        return tau
+
     def update_metrics(self, outputs):
         """Updates loss, collapse monitor (std of normalized projections) and probe metrics."""
         projection = ops.cast(outputs["projection"], "float32")
@@ -420,29 +388,6 @@ class BYOL(keras.Model):
             )
         return backend_step.train_step(self, *args)
 
-    def make_train_function(self, force=False):
-        if (
-            keras.backend.backend() == "tensorflow"
-            and self.steps_per_execution > 1
-            and self.distribute_strategy.num_replicas_in_sync > 1
-        ):
-            from keras_byol.backends import tensorflow as backend_step
-
-            if self.train_function is None or force:
-                self.train_function = backend_step.make_distributed_multi_step_function(self)
-            return self.train_function
-        return super().make_train_function(force)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras' TF trainer (3.15) builds a model under a strategy by all-reducing a first
-        # batch with strategy.reduce, which MultiWorkerMirroredStrategy cannot do on a dict
-        # of per-replica views ("Attempt to convert a value ({'view1': PerReplica..."). BYOL
-        # builds its networks in __init__, so only the optimizer is left to build and no
-        # batch is needed.
-        if iterator is not None and all(layer.built for layer in self._flatten_layers()):
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
-
     def _check_compiled_for_byol(self):
         # compile() itself is not overridden: Keras then skips compile_from_config on
         # load and the optimizer state (and with it the τ position) would be lost.
@@ -457,20 +402,22 @@ class BYOL(keras.Model):
             raise ValueError("BYOL computes its own loss; do not pass loss= to compile.")
 
     def fit(self, *args, **kwargs):
-        """`keras.Model.fit`, adding `callbacks.TargetUpdate()` when none is given."""
-        from keras_byol.callbacks import TargetUpdate
+        """`keras.Model.fit`, with the τ schedule planned (`callbacks.TargetDecayPlan`)."""
+        from keras_byol.callbacks import TargetDecayPlan
 
         self._check_compiled_for_byol()
-        arguments = _bind_fit_arguments(args, kwargs)
+        arguments = bind_fit_arguments(args, kwargs)
         callbacks = list(arguments.get("callbacks") or [])
-        if not any(isinstance(callback, TargetUpdate) for callback in callbacks):
-            callbacks.append(TargetUpdate())
+        if not any(isinstance(callback, TargetDecayPlan) for callback in callbacks):
+            callbacks.append(TargetDecayPlan())
         arguments["callbacks"] = callbacks
-        if hasattr(arguments.get("x"), "element_spec"):
-            # A tf.data input is shuffled by its pipeline; Keras would warn that shuffle=True
-            # (its default) is ignored.
-            arguments.setdefault("shuffle", False)
         return super().fit(**arguments)
+
+    def train_on_batch(self, *args, **kwargs):
+        self._check_compiled_for_byol()
+        logs = super().train_on_batch(*args, **kwargs)
+        self.warn_if_target_frozen(int(ops.convert_to_numpy(self.optimizer.iterations)))
+        return logs
 
     # --------------------------------------------------------------------- serialization
     def get_config(self):
@@ -480,6 +427,7 @@ class BYOL(keras.Model):
             "projection_dim": self.projection_dim,
             "hidden_dim": self.hidden_dim,
             "predictor_hidden_dim": self.predictor_hidden_dim,
+            "target_decay": keras.saving.serialize_keras_object(self.target_decay),
             "synchronized_batchnorm": self.synchronized_batchnorm,
             "concat_views": self.concat_views,
             "num_classes": self.num_classes,
@@ -493,7 +441,7 @@ class BYOL(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        for key in ("encoder", "augmenter"):
+        for key in ("encoder", "augmenter", "target_decay"):
             if config.get(key) is not None:
                 config[key] = keras.saving.deserialize_keras_object(
                     config[key], custom_objects=custom_objects

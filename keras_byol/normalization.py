@@ -56,12 +56,26 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     included, with Keras-style ops rather than the fused kernel; the normalized axis must
     be the last; no masks or `renorm`).
 
-    Everything else — inference mode, other backends (JAX), masks, `synchronized=True`,
-    `renorm`, a normalized axis that is not the last, inputs that are not (B, C) or
-    (B, H, W, C) — runs the Keras layer unchanged.
+    `synchronized=True` normalizes with the global batch's statistics when several
+    `tf.distribute` replicas train (Keras' synchronized path) and keeps the fused kernel on
+    one replica, where the two are the same. Off TensorFlow the flag is kept in the config
+    but not passed to Keras, which refuses it there: JAX computes statistics over the
+    whole (sharded) batch anyway.
+
+    Everything else — inference mode, other backends (JAX), masks, `renorm`, a
+    normalized axis that is not the last, inputs that are not (B, C) or (B, H, W, C) —
+    runs the Keras layer unchanged.
 
     Input shape (B, C) or (B, H, W, C) → the same shape.
     """
+
+    def __init__(self, *args, synchronized=False, **kwargs):
+        on_tensorflow = keras.backend.backend() == "tensorflow"
+        super().__init__(*args, synchronized=synchronized and on_tensorflow, **kwargs)
+        self.synchronized_requested = bool(synchronized)
+
+    def get_config(self):
+        return {**super().get_config(), "synchronized": self.synchronized_requested}
 
     def _normalizes_last_axis(self, inputs):
         axis = self.axis if isinstance(self.axis, int) else None
@@ -113,7 +127,7 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             and training
             and self.trainable
             and mask is None
-            and not self.synchronized
+            and not (self.synchronized and _replicas_in_sync() > 1)
             and not self.renorm
             and len(inputs.shape) in (2, 4)
             and self._normalizes_last_axis(inputs)
@@ -147,6 +161,12 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
             tf.cast(self.moving_variance, tf.float32) * momentum + variance * (1.0 - momentum)
         )
         return tf.cast(tf.reshape(y, tf.shape(x)), self.compute_dtype)
+
+
+def _replicas_in_sync():
+    import tensorflow as tf  # only asked on the TensorFlow backend
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
 
 
 def layers_without_per_view_statistics(*networks):

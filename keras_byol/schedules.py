@@ -26,6 +26,58 @@ def target_decay(step, base_tau, total_steps):
     return 1.0 - (1.0 - ops.cast(base_tau, "float32")) * _cosine_decay(step, total_steps)
 
 
+@keras.saving.register_keras_serializable(package="keras_byol")
+class CosineTargetDecay:
+    """The τ schedule of BYOL's target update, owned and saved by `BYOL`.
+
+    τ_k = `target_decay(k, base_tau, total_steps)`, k = optimizer steps applied before the
+    update (skipped mixed-precision steps do not count). Like a `LearningRateSchedule`, it
+    is a serializable function of the step: `BYOL(target_decay=...)` stores it in the
+    `.keras` file, and `fit`, `train_on_batch`, custom loops and repeated `fit` calls all
+    follow the one schedule.
+
+    Args:
+        base_tau: τ_base in [0, 1] (0.996 for the 1000-epoch recipe, 0.99 for 100/300
+            epochs).
+        total_steps: K, the optimizer steps of the whole run; τ reaches 1 at step K and
+            stays there. None: the first `BYOL.fit` call sets it from its epochs × steps
+            per epoch (and says so); other training paths need it set.
+
+    Example:
+        >>> model = BYOL(encoder, target_decay=CosineTargetDecay(0.996, total_steps=312_000))
+    """
+
+    def __init__(self, base_tau=0.996, total_steps=None):
+        if not 0.0 <= float(base_tau) <= 1.0:
+            raise ValueError(f"base_tau must be in [0, 1]; got {base_tau}.")
+        if total_steps is not None and int(total_steps) < 1:
+            raise ValueError(f"total_steps must be >= 1 or None; got {total_steps}.")
+        self.base_tau = float(base_tau)
+        self.total_steps = None if total_steps is None else int(total_steps)
+
+    def __call__(self, step):
+        if self.total_steps is None:
+            raise ValueError(
+                "CosineTargetDecay has no total_steps yet; pass "
+                "CosineTargetDecay(base_tau, total_steps=K) with K the optimizer steps of "
+                "the whole run."
+            )
+        return target_decay(step, self.base_tau, self.total_steps)
+
+    def __eq__(self, other):
+        return isinstance(other, CosineTargetDecay) and self.get_config() == other.get_config()
+
+    def __repr__(self):
+        return f"CosineTargetDecay(base_tau={self.base_tau}, total_steps={self.total_steps})"
+
+    def get_config(self):
+        return {"base_tau": self.base_tau, "total_steps": self.total_steps}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
 def scale_learning_rate(base_learning_rate, batch_size):
     """The linear scaling rule of the official code: base LR × global batch / 256."""
     if batch_size <= 0:

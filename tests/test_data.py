@@ -47,8 +47,12 @@ def digit_folder(tmp_path_factory, digits):
     return root
 
 
+def _numpy(batch):
+    return {k: v.numpy() for k, v in batch.items()}
+
+
 def _first_batch(ds):
-    return {k: v.numpy() for k, v in next(iter(ds)).items()}
+    return _numpy(next(iter(ds)))
 
 
 def test_arrays_give_view_batches(digits):
@@ -211,3 +215,51 @@ def test_pretrain_batches_train_the_model(digits):
     model.compile(optimizer="sgd")
     history = model.fit(ds, epochs=1, verbose=0)  # the "label" key is ignored
     assert np.isfinite(history.history["loss"][0])
+
+
+def _stream_batches(source, start_batch, count, **kwargs):
+    dataset, per_pass = data.pretrain_stream(
+        source,
+        batch_size=4,
+        image_size=16,
+        shuffle_buffer=8,
+        seed=7,
+        view1=augment.SMALL_IMAGE_VIEW1,
+        view2=augment.SMALL_IMAGE_VIEW2,
+        start_batch=start_batch,
+        **kwargs,
+    )
+    return [_numpy(b) for b in dataset.take(count)], per_pass
+
+
+@pytest.mark.parametrize("kind", ["arrays", "folder", "tfds"])
+def test_stream_from_a_later_batch_is_the_rest_of_the_stream(kind, digits, digit_folder):
+    """What a resumed run reads (start_batch) = what an uninterrupted run reads from there,
+    across a pass boundary, whatever TensorFlow's global seed; passes differ in order."""
+    images, labels = digits
+    sources = {"arrays": (images[:20], labels[:20]), "folder": str(digit_folder)}
+    with tfds.testing.mock_data(num_examples=20):
+        source = sources.get(kind, "cifar10")
+        tf.random.set_seed(1)
+        stream, per_pass = _stream_batches(source, 0, 12)
+        assert per_pass == (6 if kind == "folder" else 5)  # the folder has 26 readable images
+        tf.random.set_seed(2)
+        resumed, _ = _stream_batches(source, 7, 5)
+    for expected, actual in zip(stream[7:], resumed):
+        for name in ("view1", "view2", "label"):
+            np.testing.assert_array_equal(actual[name], expected[name])
+    first, second = stream[0], stream[per_pass]
+    assert not np.array_equal(first["view1"], second["view1"])  # a new pass, a new order
+
+
+def test_a_repeated_dataset_is_the_stream_and_each_epoch_is_a_new_pass(digits):
+    images, _ = digits
+    arguments = dict(batch_size=4, image_size=16, seed=3, view1=augment.SMALL_IMAGE_VIEW1)
+    one_pass = data.pretrain_dataset(images[:16], **arguments)
+    assert int(one_pass.cardinality()) == 4  # fit can size its epochs
+    epoch1, epoch2 = ([b["view1"].numpy() for b in one_pass] for _ in range(2))
+    assert not np.array_equal(epoch1[0], epoch2[0])
+    repeated = data.pretrain_dataset(images[:16], repeat=True, **arguments)
+    stream, _ = data.pretrain_stream(images[:16], **arguments)
+    for a, b in zip(repeated.take(6), stream.take(6)):
+        np.testing.assert_array_equal(a["view1"].numpy(), b["view1"].numpy())

@@ -1,5 +1,7 @@
 """MirroredStrategy on 2 logical CPUs: one step on a global batch 2B equals one single-device
-step on the same 2B examples (synchronized BatchNorm), and differs without sync; with
+step on the same 2B examples (synchronized BatchNorm, which a model built with default
+arguments has: keras_byol's ResNet and heads, and a plain Keras encoder inside BYOL), and
+differs without sync; with
 steps_per_execution=3 the strategy gives the same weights as 3 single-step calls; both views
 in one pass (concat_views, per-view synchronized statistics) equal a pass per view.
 
@@ -24,6 +26,7 @@ from keras import layers
 import keras_byol
 from keras_byol.callbacks import TargetUpdate
 from keras_byol.normalization import FusedBatchNormalization
+from keras_byol.schedules import CosineTargetDecay
 
 def build(sync, steps_per_execution=1, concat_views=None):
     # concat_views None: Keras' BatchNormalization; True/False: keras_byol's, with that option.
@@ -111,6 +114,41 @@ result["concat_views"] = {
     "target_rel_err": relative(concat.target_weights, per_view.target_weights, target_initial),
     "vs_single_device_loss_rel_err": abs(loss_concat - loss_single) / loss_single,
 }
+# A Python user's model with default arguments, built inside the strategy's scope: the
+# keras_byol ResNet, and a plain Keras encoder (its BatchNormalization synchronized=False).
+def defaults_model(encoder_kind, **byol_arguments):
+    keras.utils.set_random_seed(0)
+    if encoder_kind == "resnet":
+        encoder = keras_byol.encoders.resnet("resnet18", (8, 8, 3), small_images=True, width=0.125)
+    else:
+        images = keras.Input((8, 8, 3))
+        x = layers.BatchNormalization()(layers.Conv2D(4, 3, padding="same")(images))
+        encoder = keras.Model(images, layers.GlobalAveragePooling2D()(layers.ReLU()(x)))
+    model = keras_byol.BYOL(encoder, projection_dim=8, hidden_dim=16,
+                            target_decay=CosineTargetDecay(0.9, 10), **byol_arguments)
+    model.compile(optimizer=keras.optimizers.SGD(0.5))
+    return model
+
+for encoder_kind in ("resnet", "keras"):
+    reference = defaults_model(encoder_kind)
+    start = [np.array(v) for v in reference.weights]
+    ids = {id(v) for v in reference.trainable_variables}
+    online_start = [w for v, w in zip(reference.weights, start) if id(v) in ids]
+    target_start = [np.array(v) for v in reference.target_weights]
+    loss_reference = reference.fit(dataset(), epochs=1, verbose=0).history["loss"][0]
+    for name, arguments in (("defaults", {}), ("off", {"synchronized_batchnorm": False})):
+        with strategy.scope():
+            model = defaults_model(encoder_kind, **arguments)
+        for variable, value in zip(model.weights, start):
+            variable.assign(value)
+        loss = model.fit(dataset(), epochs=1, verbose=0).history["loss"][0]
+        result[f"{encoder_kind}_{name}"] = {
+            "loss_rel_err": abs(loss - loss_reference) / loss_reference,
+            "online_update_rel_err": relative(
+                model.trainable_variables, reference.trainable_variables, online_start),
+            "target_update_rel_err": relative(
+                model.target_weights, reference.target_weights, target_start),
+        }
 print(json.dumps(result))
 """
 
@@ -144,3 +182,14 @@ def test_mirrored_strategy_step_equals_the_single_device_step():
     concat = measured["concat_views"]
     assert concat["loss_rel_err"] <= 1e-5 and concat["vs_single_device_loss_rel_err"] <= 1e-5
     assert concat["online_rel_err"] <= 1e-4 and concat["target_rel_err"] <= 1e-4
+    # Default arguments synchronize every BatchNorm under the strategy; an explicit False
+    # turns it off (and then the step differs, so the check above can fail).
+    for encoder_kind in ("resnet", "keras"):
+        defaults, off = (
+            measured[f"{encoder_kind}_defaults"],
+            measured[f"{encoder_kind}_off"],
+        )
+        assert defaults["loss_rel_err"] <= 1e-5, encoder_kind
+        assert defaults["online_update_rel_err"] <= 2e-3, encoder_kind
+        assert defaults["target_update_rel_err"] <= 2e-3, encoder_kind
+        assert off["online_update_rel_err"] > 0.05 and off["loss_rel_err"] > 1e-3, encoder_kind

@@ -23,6 +23,7 @@ SHARED_TESTS = [
     "tests/test_model.py",
     "tests/test_encoders.py",
     "tests/test_normalization.py",
+    "tests/test_long_runs.py",
 ]
 
 

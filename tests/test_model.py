@@ -10,6 +10,7 @@ import tensorflow as tf
 import keras_byol
 from keras_byol.callbacks import TargetUpdate
 from keras_byol.normalization import FusedBatchNormalization, per_view_statistics
+from keras_byol.schedules import CosineTargetDecay
 
 from conftest import tiny_encoder, view_batches
 
@@ -93,7 +94,7 @@ def test_target_starts_as_exact_copy_and_is_not_trainable():
 
 
 def test_train_step_loss_uses_target_in_training_mode():
-    model = _model()
+    model = _model(target_decay=CosineTargetDecay(0.99, total_steps=10))
     view1, view2 = view_batches(BATCH)
     _, _, p1 = model.online_forward(view1)
     _, _, p2 = model.online_forward(view2)
@@ -294,20 +295,15 @@ def test_unknown_length_dataset_needs_total_steps():
     assert np.isfinite(history.history["loss"][0])
 
 
-def test_steps_per_execution_beyond_total_steps_is_rejected():
-    model = _model()
-    model.compile(optimizer="sgd", steps_per_execution=10)
-    with pytest.raises(ValueError, match="steps_per_execution"):
-        model.fit(_dataset(8), epochs=1, verbose=0)
-
-
 def test_bad_tau_settings_are_rejected():
     with pytest.raises(ValueError, match="total_steps"):
         TargetUpdate(0.99, total_steps=0)
     with pytest.raises(ValueError, match="base_tau"):
         TargetUpdate(1.5)
     with pytest.raises(ValueError, match="total_steps"):
-        _model().set_target_schedule(0.99, 0)
+        _model().set_target_decay(CosineTargetDecay(0.99, 0))
+    with pytest.raises(TypeError, match="CosineTargetDecay"):
+        _model().set_target_decay(0.99)
 
 
 def test_fit_before_compile_and_with_loss_are_rejected():

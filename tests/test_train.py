@@ -13,8 +13,8 @@ import keras
 import numpy as np
 import pytest
 
+from keras_byol import callbacks, experiment
 from keras_byol import config as config_module
-from keras_byol import experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
@@ -133,41 +133,109 @@ def test_cli_end_to_end_on_smoke_config_then_rerun_resumes(tmp_path):
     assert "epoch 1: loss" not in again.stdout  # nothing retrained
 
 
+def _epoch_values(stdout, epoch):
+    """(τ, learning rate) of the job's line for `epoch` (1-based)."""
+    line = next(text for text in stdout.splitlines() if text.startswith(f"epoch {epoch}: loss"))
+    return float(line.split(" tau ")[1].split()[0]), float(line.split(" lr ")[1].split()[0])
+
+
+def _tau(k, base, total):
+    return 1 - (1 - base) * (np.cos(np.pi * min(k, total) / total) + 1) / 2
+
+
+def _files(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
-def test_resume_after_kill_9_continues_the_schedules(tmp_path):
-    workdir = tmp_path / "run"
-    flags = ["--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--epochs=6", "--noevaluate"]
+def test_resume_after_kill_9_between_step_checkpoints_matches_an_uninterrupted_run(tmp_path):
+    """Killed (SIGSTOP as soon as a step checkpoint lands, then SIGKILL) mid-epoch: the rerun
+    resumes at the checkpointed step, finishes that epoch, and ends with the step count and
+    schedules of an uninterrupted run (3 epochs × 5 steps, a checkpoint every 2 steps)."""
+    common = ["--flagfile=configs/smoke.cfg", "--epochs=3", "--steps_per_epoch=5"]
+    flags = [*common, "--checkpoint_every_steps=2", "--noevaluate"]
+    workdir = tmp_path / "killed"
     process = subprocess.Popen(
-        [sys.executable, "-m", "keras_byol.train", *flags],
+        [sys.executable, "-m", "keras_byol.train", *flags, f"--workdir={workdir}"],
         cwd=ROOT,
         env=ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     checkpoint = workdir / "checkpoint" / "byol.keras"
     deadline = time.time() + 300
     while not checkpoint.exists() and time.time() < deadline and process.poll() is None:
-        time.sleep(0.2)
+        time.sleep(0.05)
+    process.send_signal(signal.SIGSTOP)  # freeze it where it is, then read the checkpoint
     assert checkpoint.exists(), "no checkpoint was written"
-    process.send_signal(signal.SIGKILL)  # mid-run, likely mid-epoch
+    steps_at_kill = int(keras.models.load_model(checkpoint).optimizer.iterations)
+    process.send_signal(signal.SIGKILL)
     process.wait()
-    saved = keras.models.load_model(checkpoint)
-    steps_at_kill = int(saved.optimizer.iterations)
-    assert steps_at_kill >= 3 and steps_at_kill % 3 == 0 and steps_at_kill < 18
-    resumed = _train(*flags)
+    assert steps_at_kill % 2 == 0 and 0 < steps_at_kill < 15
+    assert steps_at_kill % 5, "the first step checkpoint should land inside an epoch"
+    resumed = _train(*flags, f"--workdir={workdir}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"Resuming from {checkpoint} at step {steps_at_kill}" in resumed.stdout
+    assert f"Resuming from {checkpoint} at step {steps_at_kill}." in resumed.stdout
+    uninterrupted = _train(*common, "--noevaluate", f"--workdir={tmp_path / 'whole'}")
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    finals = [keras.models.load_model(tmp_path / d / "byol.keras") for d in ("killed", "whole")]
+    for final in finals:
+        assert int(final.optimizer.iterations) == 15  # none repeated, none lost
+        assert final.target_decay.get_config() == {"base_tau": 0.99, "total_steps": 15}
+        schedule = final.optimizer.get_config()["learning_rate"]["config"]
+        assert (schedule["warmup_steps"], schedule["total_steps"]) == (5, 15)
+    # The cut epoch is finished first; then every epoch logs the schedules' values of an
+    # uninterrupted run at the same step.
+    first_epoch = steps_at_kill // 5 + 1
+    assert f"epoch {first_epoch}: loss" in resumed.stdout
+    for epoch in range(first_epoch, 4):
+        assert _epoch_values(resumed.stdout, epoch) == _epoch_values(uninterrupted.stdout, epoch)
+        assert _epoch_values(resumed.stdout, epoch)[0] == pytest.approx(
+            _tau(epoch * 5 - 1, 0.99, 15), abs=1e-5
+        )
+
+
+@pytest.mark.slow
+def test_extending_a_finished_run_trains_the_new_epochs_with_replanned_schedules(tmp_path):
+    workdir = tmp_path / "run"
+    first = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate")
+    assert first.returncode == 0, first.stderr[-3000:]
+    longer = _train(
+        "--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate", "--epochs=4"
+    )
+    assert longer.returncode == 0, longer.stderr[-3000:]
+    assert "Resuming from" in longer.stdout and "at step 6." in longer.stdout
+    assert "Re-planned (epochs 2 → 4)" in longer.stdout and "end at step 12" in longer.stdout
+    assert "epoch 1: loss" not in longer.stdout and "epoch 4: loss" in longer.stdout
+    tau3, lr3 = _epoch_values(longer.stdout, 3)
+    assert lr3 > 0  # the old schedule ended at step 6 with a learning rate of 0
+    assert tau3 == pytest.approx(_tau(8, 0.99, 12), abs=1e-5)  # τ continues on K = 12
+    assert _epoch_values(longer.stdout, 4)[0] == pytest.approx(_tau(11, 0.99, 12), abs=1e-5)
     final = keras.models.load_model(workdir / "byol.keras")
-    assert int(final.optimizer.iterations) == 18  # 6 epochs × 3 steps, none repeated or lost
-    assert int(final.tau_total_steps) == 18
-    # τ and LR continued: the first resumed epoch logs the schedule values of its own step.
-    first_epoch = steps_at_kill // 3 + 1
-    prefix = f"epoch {first_epoch}: loss"
-    line = next(text for text in resumed.stdout.splitlines() if text.startswith(prefix))
-    tau = float(line.split(" tau ")[1].split()[0])
-    k = first_epoch * 3 - 1
-    assert tau == pytest.approx(1 - (1 - 0.99) * (np.cos(np.pi * k / 18) + 1) / 2, abs=1e-5)
+    assert int(final.optimizer.iterations) == 12
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["epochs"] == 4 and saved["data_steps_per_epoch"] == 3
+    assert saved["resume_history"] == [{"at_step": 6, "changes": {"epochs": [2, 4]}}]
+
+
+@pytest.mark.slow
+def test_a_change_a_resume_cannot_honour_is_refused_and_the_workdir_is_untouched(tmp_path):
+    workdir = tmp_path / "run"
+    first = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = _files(workdir)
+    result = _train(
+        "--flagfile=configs/smoke.cfg",
+        f"--workdir={workdir}",
+        "--batch_size=16",
+        "--optimizer=sgd",
+        "--width=0.5",
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    for field in ("batch_size: 16 here vs 32 saved", "optimizer: 'sgd'", "width: 0.5"):
+        assert field in result.stderr, field
+    assert "Nothing in the workdir was changed" in result.stderr
+    assert _files(workdir) == before
 
 
 _RELOAD = """
@@ -237,22 +305,6 @@ def test_bad_input_exits_with_a_message(tmp_path, flags, message):
     assert not (tmp_path / "run" / "checkpoint").exists()
 
 
-@pytest.mark.slow
-def test_checkpoint_of_another_architecture_is_refused_untouched(tmp_path):
-    workdir = tmp_path / "run"
-    assert (
-        _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate").returncode
-        == 0
-    )
-    before = {
-        p: p.read_bytes() for p in (workdir / "config.json", workdir / "checkpoint" / "byol.keras")
-    }
-    result = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--width=0.5")
-    assert result.returncode == 1
-    assert "different architecture" in result.stderr and "width" in result.stderr
-    assert {p: p.read_bytes() for p in before} == before
-
-
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     """The real guard and checkpoint callbacks in a real fit: a NaN batch stops training."""
     import keras_byol
@@ -263,7 +315,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
     model.compile(optimizer="sgd")
     good = np.random.default_rng(0).random((8, 16, 16, 3), dtype=np.float32)
     path = str(tmp_path / "checkpoint" / "byol.keras")
-    guard, checkpoint = experiment.DivergenceGuard(), experiment.AtomicCheckpoint(path, 1)
+    guard, checkpoint = callbacks.DivergenceGuard(), callbacks.AtomicCheckpoint(path, 1)
     model.fit(
         {"view1": good, "view2": good},
         batch_size=4,
@@ -313,3 +365,24 @@ def test_build_model_passes_the_lars_trust_coefficient():
         model = experiment.build_model(dataclasses.replace(config, lars_eta=eta), 3)
         assert model.optimizer.eta == eta
     assert experiment.build_model(dataclasses.replace(config, concat_views=True), 3).concat_views
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_sgd_and_adamw_decay_no_bias_or_normalization_parameter(optimizer):
+    """One update with zero gradients: only the weight decay moves the variables."""
+    config = config_module.PretrainConfig(
+        image_size=16,
+        projection_dim=8,
+        hidden_dim=16,
+        optimizer=optimizer,
+        weight_decay=0.5,
+        warmup_epochs=0,
+    )
+    model = experiment.build_model(config, 3)
+    variables = model.trainable_variables
+    before = [np.array(v) for v in variables]
+    model.optimizer.apply([keras.ops.zeros_like(v) for v in variables], variables)
+    for variable, old in zip(variables, before):
+        decayed = not np.allclose(np.asarray(variable), old)
+        assert decayed == (len(old.shape) > 1), variable.path
+    assert any(len(old.shape) <= 1 and np.any(old) for old in before)  # e.g. BN γ = 1

@@ -9,6 +9,8 @@ Imports no TensorFlow.
 import jax
 import keras
 
+from keras_byol import batches
+
 
 def _run_stateless(variables, values, fn):
     """fn() with `variables` read as `values`; returns (fn's result, their new values)."""
@@ -33,8 +35,9 @@ def train_step(model, state, data):
         (logs, new_state), as Keras' JAX trainer expects.
     """
     trainable, non_trainable, optimizer_values, metrics_values = state
-    view1, view2 = model.unpack_views(data)
-    labels = model.batch_labels(data)
+    view1, view2 = batches.unpack_views(data, model.image_shape, model.augmenter)
+    model.check_target_decay()
+    labels = batches.batch_labels(data) if model.probe is not None else None
     model_variables = model.trainable_variables + model.non_trainable_variables
     num_trainable = len(trainable)
 
@@ -52,19 +55,22 @@ def train_step(model, state, data):
     gradient_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (outputs, non_trainable)), gradients = gradient_fn(trainable, non_trainable)
 
-    # k = optimizer steps taken before this one: the τ index of the official code.
-    step = optimizer_values[_iterations_index(model.optimizer)]
+    # k = optimizer steps applied before this one: the τ index of the official code.
+    iterations = _iterations_index(model.optimizer)
+    step = optimizer_values[iterations]
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, gradients, trainable
     )
-    _, new_values = _run_stateless(
+    # A loss-scaling optimizer skips steps with non-finite gradients without counting them.
+    applied = optimizer_values[iterations] > step
+    tau, new_values = _run_stateless(
         model_variables,
         list(trainable) + list(non_trainable),
-        lambda: model.polyak_update(model.current_tau(step)),
+        lambda: model.update_target(step, applied),
     )
     non_trainable = new_values[num_trainable:]
 
     logs, metrics_values = _run_stateless(
         model.metrics_variables, metrics_values, lambda: model.update_metrics(outputs)
     )
-    return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+    return {**logs, "tau": tau}, (trainable, non_trainable, optimizer_values, metrics_values)
