@@ -43,7 +43,8 @@ def build(args):
     keras.utils.set_random_seed(0)
     shape = (args.size, args.size, 3)
     encoder = keras_byol.encoders.resnet(args.arch, shape, small_images=args.small_images)
-    model = keras_byol.BYOL(encoder, concat_views=args.concat_views)
+    tau = keras_byol.schedules.CosineTargetDecay(0.996, total_steps=args.warmup + args.steps)
+    model = keras_byol.BYOL(encoder, target_decay=tau, concat_views=args.concat_views)
     if args.optimizer == "lars":
         optimizer = keras_byol.optimizers.LARS(learning_rate=0.2 * args.batch / 256)
     else:

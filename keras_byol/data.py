@@ -88,12 +88,10 @@ def num_classes(source):
         return int(np.max(source[1])) + 1 if len(source[1]) else None
     if isinstance(source, np.ndarray):
         return None
-    if os.path.isdir(source):
-        return len(folder_class_names(source)) or None
-    import tensorflow_datasets as tfds
-
-    label = tfds.builder(source).info.features.get("label")
-    return getattr(label, "num_classes", None)
+    if _is_folder(source):
+        return len(folder_class_names(os.fspath(source))) or None
+    features = _tfds_builder(os.fspath(source)).info.features
+    return getattr(features["label"], "num_classes", None) if "label" in features else None
 
 
 def _unreadable_reason(path):
@@ -116,17 +114,24 @@ def _unreadable_reason(path):
     return None
 
 
-def _tfds_records(name, split, input_context, seed):
-    """A dataset of {"image": encoded bytes, "label": int64} from tensorflow-datasets."""
+def _tfds_builder(name):
+    """The tensorflow-datasets builder called `name`, or a ValueError saying what to pass."""
     import tensorflow_datasets as tfds
 
     try:
-        builder = tfds.builder(name)
+        return tfds.builder(name)
     except Exception as error:  # tfds raises several types for unknown names
         raise ValueError(
             f"Unknown tensorflow-datasets name {name!r} ({error}). Pass a tfds name such as "
             "'cifar10', a folder of images, or an array of images."
         ) from None
+
+
+def _tfds_records(name, split, input_context, seed):
+    """A dataset of {"image": encoded bytes, "label": int64} from tensorflow-datasets."""
+    import tensorflow_datasets as tfds
+
+    builder = _tfds_builder(name)
     features = builder.info.features
     if "image" not in features:
         raise ValueError(f"tfds dataset {name!r} has no 'image' feature; it has {list(features)}.")

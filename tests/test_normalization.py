@@ -128,3 +128,20 @@ def test_per_view_statistics_reject_what_they_cannot_split():
     with pytest.raises(ValueError, match="last axis.*concat_views=False"):
         with per_view_statistics(2):
             channels_first(np.zeros((4, 3, 5, 5), "float32"), training=True)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the fused kernel is TensorFlow's")
+def test_synchronized_layers_keep_the_fused_kernel_on_one_replica():
+    """synchronized=True (the keras_byol default) costs nothing on one device: the training
+    step still runs FusedBatchNormV3 (test_distribute shows 2 replicas synchronized)."""
+    import tensorflow as tf
+
+    layer = FusedBatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=True)
+    layer.build((8, 4, 4, 6))
+    graph = (
+        tf.function(lambda x: layer(x, training=True))
+        .get_concrete_function(tf.TensorSpec((8, 4, 4, 6), tf.float32))
+        .graph
+    )
+    assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+    assert layer.get_config()["synchronized"] is True
