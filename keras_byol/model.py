@@ -255,6 +255,15 @@ class BYOL(TrainerWorkarounds, keras.Model):
         self.tau_total_steps.assign(self.target_decay.total_steps or 0)
         self._warned_frozen_target = False
 
+    def load_own_variables(self, store):
+        # The τ variables are the saved truth: a file written before `target_decay` was
+        # in the config (or by `load_weights`) still gives the schedule it trained with.
+        super().load_own_variables(store)
+        total = int(ops.convert_to_numpy(self.tau_total_steps))
+        if total != (self.target_decay.total_steps or 0):
+            base = round(float(ops.convert_to_numpy(self.base_tau)), 6)  # a float32 variable
+            self.target_decay = CosineTargetDecay(base, total or None)
+
     def check_target_decay(self):
         """Raises unless the τ schedule is planned (the backends' steps call it, at trace)."""
         if self.target_decay.total_steps is None:

@@ -1,8 +1,10 @@
 """τ owned by the model: train_on_batch loops, repeated fit calls, the frozen-target warning,
 skipped mixed-precision steps, the saved schedule. Backend-agnostic (also run on JAX)."""
 
+import json
 import math
 import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -127,6 +129,29 @@ def test_a_reloaded_model_keeps_its_schedule(tmp_path):
     assert loaded.target_decay == CosineTargetDecay(0.9, 12)
     history = loaded.fit(_views(8), batch_size=BATCH, epochs=1, verbose=0)
     assert loaded.target_decay == CosineTargetDecay(0.9, 12)  # fit did not reset it
+    assert history.history["tau"][-1] == pytest.approx(_np_tau(3, 0.9, 12), abs=1e-6)
+
+
+def test_a_file_without_the_schedule_in_its_config_keeps_the_saved_one(tmp_path):
+    """A .keras file from before `target_decay` was saved in the config (simulated by
+    removing it): the schedule comes from the saved τ variables, and fit keeps it."""
+    model = _model(target_decay=CosineTargetDecay(0.9, total_steps=12))
+    model.fit(_views(8), batch_size=BATCH, epochs=1, verbose=0)
+    model.save(tmp_path / "new.keras")
+    with (
+        zipfile.ZipFile(tmp_path / "new.keras") as new,
+        zipfile.ZipFile(tmp_path / "old.keras", "w") as old,
+    ):
+        for item in new.infolist():
+            content = new.read(item.filename)
+            if item.filename == "config.json":
+                config = json.loads(content)
+                del config["config"]["target_decay"]
+                content = json.dumps(config).encode()
+            old.writestr(item, content)
+    loaded = keras.models.load_model(tmp_path / "old.keras")
+    assert loaded.target_decay == CosineTargetDecay(0.9, 12)
+    history = loaded.fit(_views(8), batch_size=BATCH, epochs=1, verbose=0)
     assert history.history["tau"][-1] == pytest.approx(_np_tau(3, 0.9, 12), abs=1e-6)
 
 
