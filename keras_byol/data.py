@@ -207,13 +207,19 @@ def _shard(columns, input_context):
     return columns, len(columns["label"])
 
 
+def _tfds_source_records(source, split, input_context, seed):
+    """`_tfds_records` of a tfds name, with the default pretraining split when split is None."""
+    source = os.fspath(source)
+    if split is None:
+        split = _DEFAULT_PRETRAIN_SPLIT.get(source.split("/")[0], "train")
+    return _tfds_records(source, split, input_context, seed)
+
+
 def _records(source, split, input_context, seed):
     """(records {"image": encoded bytes or decoded image, "label": int64}, count or None)."""
     columns = _columns(source, input_context)
     if columns is None:
-        if split is None:
-            split = _DEFAULT_PRETRAIN_SPLIT.get(os.fspath(source).split("/")[0], "train")
-        return _tfds_records(os.fspath(source), split, input_context, seed), None
+        return _tfds_source_records(source, split, input_context, seed), None
     columns, count = columns
     records = tf.data.Dataset.from_tensor_slices(columns)
     if "path" in columns:
@@ -373,9 +379,7 @@ def _pass_maker(
         )
     columns = _columns(source, input_context)
     if columns is None:
-        if split is None:
-            split = _DEFAULT_PRETRAIN_SPLIT.get(os.fspath(source).split("/")[0], "train")
-        records = _tfds_records(os.fspath(source), split, input_context, seed)
+        records = _tfds_source_records(source, split, input_context, seed)
         examples = int(records.cardinality())
     else:
         columns, examples = columns

@@ -5,7 +5,7 @@ import warnings
 import keras
 from keras import ops
 
-from keras_byol.batches import encoder_input_shape, pooled_feature_dim
+from keras_byol.batches import batch_labels, encoder_input_shape, pooled_feature_dim, unpack_views
 from keras_byol.heads import MLPHead
 from keras_byol.losses import byol_loss
 from keras_byol.normalization import layers_without_per_view_statistics, per_view_statistics
@@ -264,8 +264,15 @@ class BYOL(TrainerWorkarounds, keras.Model):
             base = round(float(ops.convert_to_numpy(self.base_tau)), 6)  # a float32 variable
             self.target_decay = CosineTargetDecay(base, total or None)
 
+    def read_batch(self, data):
+        """(view1, view2, labels or None) of a batch, after the batch checks and the τ
+        schedule's (both backends' steps call it, at trace time)."""
+        view1, view2 = unpack_views(data, self.image_shape, self.augmenter)
+        self.check_target_decay()
+        return view1, view2, batch_labels(data)
+
     def check_target_decay(self):
-        """Raises unless the τ schedule is planned (the backends' steps call it, at trace)."""
+        """Raises unless the τ schedule is planned."""
         if self.target_decay.total_steps is None:
             raise ValueError(
                 "The τ schedule has no total_steps, so the target update is undefined. "

@@ -9,8 +9,6 @@ Imports no TensorFlow.
 import jax
 import keras
 
-from keras_byol import batches
-
 
 def _run_stateless(variables, values, fn):
     """fn() with `variables` read as `values`; returns (fn's result, their new values)."""
@@ -35,9 +33,7 @@ def train_step(model, state, data):
         (logs, new_state), as Keras' JAX trainer expects.
     """
     trainable, non_trainable, optimizer_values, metrics_values = state
-    view1, view2 = batches.unpack_views(data, model.image_shape, model.augmenter)
-    model.check_target_decay()
-    labels = batches.batch_labels(data) if model.probe is not None else None
+    view1, view2, labels = model.read_batch(data)
     model_variables = model.trainable_variables + model.non_trainable_variables
     num_trainable = len(trainable)
 

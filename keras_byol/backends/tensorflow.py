@@ -2,7 +2,6 @@
 
 import tensorflow as tf
 
-from keras_byol import batches
 from keras_byol.workarounds import give_multi_worker_logs_an_axis
 
 
@@ -16,9 +15,7 @@ def train_step(model, data):
     Returns:
         Dict of metric results (loss, projection_std, tau; probe_loss, probe_accuracy).
     """
-    view1, view2 = batches.unpack_views(data, model.image_shape, model.augmenter)
-    model.check_target_decay()
-    labels = batches.batch_labels(data) if model.probe is not None else None
+    view1, view2, labels = model.read_batch(data)
     optimizer = model.optimizer
     online_variables = model.trainable_variables
     # k = optimizer steps applied before this one: the τ index of the official code.
