@@ -1,8 +1,22 @@
 """What BYOL trains on: the encoder's shape contract and the batch checks, as plain functions."""
 
 import keras
+from keras import ops
 
 _FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+# Float views above this are not in [0, 1] (nor standardized): [0, 255] pixels, most likely.
+MAX_PIXEL_VALUE = 8.0
+INPUT_PROBLEMS = {
+    "input_nonfinite_batches": "held NaN or inf values",
+    "input_above_8_batches": (
+        "held values above 8: BYOL takes float views in [0, 1] and these look like [0, 255] "
+        "pixels (divide by 255, or use tf.image.convert_image_dtype)"
+    ),
+    "input_single_image_batches": (
+        "held fewer than 2 images: BatchNorm statistics of one image are degenerate, the loss "
+        "is 0 and nothing is learned (batch with drop_remainder=True, or a larger batch)"
+    ),
+}
 
 
 def encoder_input_shape(encoder):
@@ -96,6 +110,24 @@ def unpack_views(data, image_shape, augmenter=None):
             f"BYOL views of shape {shape1} do not fit the encoder's input {image_shape}."
         )
     return view1, view2
+
+
+def input_problem_flags(view1, view2, replicas=1):
+    """{name in INPUT_PROBLEMS: 1.0 if this batch has the problem else 0.0}, computed inside
+    the compiled step (any backend), for the metrics `callbacks.InputCheck` reads."""
+    nonfinite = ops.logical_not(
+        ops.logical_and(ops.all(ops.isfinite(view1)), ops.all(ops.isfinite(view2)))
+    )
+    largest = ops.maximum(ops.max(view1), ops.max(view2))
+    images = ops.shape(view1)[0] * replicas
+    flags = (nonfinite, largest > MAX_PIXEL_VALUE, images < 2)
+    return {name: ops.cast(flag, "float32") for name, flag in zip(INPUT_PROBLEMS, flags)}
+
+
+def check_batch_size(view, replicas=1):
+    """Raises at trace time when the batch size is known and below 2."""
+    if view.shape[0] is not None and view.shape[0] * replicas < 2:
+        raise ValueError(f"BYOL batches {INPUT_PROBLEMS['input_single_image_batches']}.")
 
 
 def batch_labels(data):

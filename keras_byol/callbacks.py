@@ -5,8 +5,11 @@ import math
 import os
 
 import keras
+import numpy as np
 
+from keras_byol.batches import INPUT_PROBLEMS
 from keras_byol.schedules import CosineTargetDecay
+from keras_byol.workdir import write_atomically
 
 logger = logging.getLogger("keras_byol")
 
@@ -62,6 +65,32 @@ class TargetDecayPlan(keras.callbacks.Callback):
         self.model.warn_if_target_frozen(applied_steps(self.model))
 
 
+def raise_on_input_problems(logs, step):
+    """Removes the input-problem counts from `logs`; raises ValueError if one is not 0."""
+    counts = {name: logs.pop(name, 0) for name in INPUT_PROBLEMS}
+    found = [
+        f"{int(count)} batch(es) {INPUT_PROBLEMS[name]}" for name, count in counts.items() if count
+    ]
+    if found:
+        raise ValueError(
+            f"Bad input to BYOL by optimizer step {step} (in this epoch): {'; '.join(found)}. "
+            "Those steps were applied: after NaN/inf input the weights are unreliable, so "
+            "rebuild or reload the model once the data is fixed."
+        )
+
+
+class InputCheck(keras.callbacks.Callback):
+    """Stops `fit` with a ValueError when the step counted bad input: views with NaN/inf,
+    float views above 8 ([0, 255] pixels), batches of fewer than 2 images. `BYOL.fit` puts
+    it first, so the counts never reach the progress bar, History or other callbacks."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        raise_on_input_problems(logs if logs is not None else {}, applied_steps(self.model))
+
+    def on_epoch_end(self, epoch, logs=None):
+        raise_on_input_problems(logs if logs is not None else {}, applied_steps(self.model))
+
+
 @keras.saving.register_keras_serializable(package="keras_byol")
 class TargetUpdate(TargetDecayPlan):
     """Sets the model's τ schedule when `fit` starts (kept for code written before
@@ -95,39 +124,48 @@ class TargetUpdate(TargetDecayPlan):
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves the whole model (weights, target, τ schedule, optimizer state with the step)
     every `every_epochs` epochs and every `every_steps` applied steps, to a temporary file
-    that then replaces the checkpoint (never a half-written one). A checkpoint is written
-    only while the epoch's loss is finite.
+    that then replaces the checkpoint (never a half-written one; a failed write removes its
+    temporary file and says why).
+
+    A checkpoint is written only while the loss is finite and every variable — weights,
+    target, BatchNorm statistics, optimizer state — is finite: otherwise training stops
+    and `guard` (a `DivergenceGuard`) records where and why, so the last good checkpoint
+    stays the last one.
 
     The step counter is the input position too: the job's input stream is a deterministic
     function of the step (`data.pretrain_stream`), so a resumed run reads on from there.
     """
 
-    def __init__(self, path, every_epochs=1, every_steps=0):
+    def __init__(self, path, every_epochs=1, every_steps=0, guard=None):
         super().__init__()
         self.path = path
         self.every_epochs = every_epochs
         self.every_steps = every_steps
-        self._saved_at = 0
+        self.guard = guard if guard is not None else DivergenceGuard()
+        self.saved_step = 0  # the step of the checkpoint on disk (as of this fit call)
 
     def save(self):
+        """Writes the checkpoint unless a variable is not finite; returns whether it did."""
+        step = applied_steps(self.model)
+        if not self.guard.check_variables(self.model, step):
+            return False
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        temporary = self.path + ".tmp.keras"
-        self.model.save(temporary)
-        os.replace(temporary, self.path)
-        self._saved_at = applied_steps(self.model)
+        write_atomically(self.path, self.model.save, suffix=".keras")
+        self.saved_step = step
+        return True
 
     def on_train_begin(self, logs=None):
-        self._saved_at = applied_steps(self.model)
+        self.saved_step = applied_steps(self.model)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.every_steps and _finite_loss(logs):
             step = applied_steps(self.model)
-            if step // self.every_steps > self._saved_at // self.every_steps:
+            if step // self.every_steps > self.saved_step // self.every_steps:
                 self.save()
 
     def on_epoch_end(self, epoch, logs=None):
         if _finite_loss(logs) and (epoch + 1) % self.every_epochs == 0:
-            if applied_steps(self.model) != self._saved_at:
+            if applied_steps(self.model) != self.saved_step:
                 self.save()
 
 
@@ -136,13 +174,38 @@ def _finite_loss(logs):
     return loss is not None and math.isfinite(loss)
 
 
+def non_finite_variables(model):
+    """Paths of the model's and its optimizer's variables holding a NaN or an infinity."""
+    variables = list(model.variables) + list(getattr(model.optimizer, "variables", []))
+    return [
+        variable.path
+        for variable in variables
+        if not np.isfinite(keras.ops.convert_to_numpy(variable.value)).all()
+    ]
+
+
 class DivergenceGuard(keras.callbacks.Callback):
-    """Stops training at the first non-finite loss and remembers where it happened."""
+    """Stops training at the first non-finite loss, or when `check_variables` finds a
+    non-finite variable, and remembers where (`diverged_at_step`) and why (`reason`)."""
 
     def __init__(self):
         super().__init__()
         self.last_finite_loss = None
         self.diverged_at_step = None
+        self.reason = None
+
+    def _diverged(self, model, step, reason):
+        if self.diverged_at_step is None:
+            self.diverged_at_step, self.reason = step, reason
+        model.stop_training = True
+
+    def check_variables(self, model, step):
+        """True when every variable is finite; else records the divergence and stops."""
+        bad = non_finite_variables(model)
+        if bad:
+            listing = ", ".join(bad[:4]) + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+            self._diverged(model, step, f"{len(bad)} variables hold NaN/inf ({listing})")
+        return not bad
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
@@ -150,9 +213,8 @@ class DivergenceGuard(keras.callbacks.Callback):
             return
         if math.isfinite(loss):
             self.last_finite_loss = float(loss)
-        elif self.diverged_at_step is None:
-            self.diverged_at_step = applied_steps(self.model)
-            self.model.stop_training = True
+        else:
+            self._diverged(self.model, applied_steps(self.model), "the loss became NaN/inf")
 
 
 class EpochLog(keras.callbacks.Callback):

@@ -124,6 +124,12 @@ class PretrainConfig:
         "With --strategy=tpu: TPU name or grpc://IP:8470; empty on a Cloud TPU VM or Colab TPU.",
         resume=FREE,
     )
+    tpu_timeout: float = _field(
+        300.0,
+        "With --strategy=tpu: seconds to wait for the TPU to connect and initialize before "
+        "stopping with 'no TPU at ADDRESS'.",
+        resume=FREE,
+    )
     sync_batchnorm: bool = _field(
         True,
         "With several replicas, normalize with the global batch's BatchNorm statistics (the "
@@ -180,6 +186,7 @@ class PretrainConfig:
             need(getattr(self, name) >= 0, f"{name} must be >= 0; got {getattr(self, name)}.")
         need(self.width > 0, f"width must be positive; got {self.width}.")
         need(self.lars_eta > 0, f"lars_eta must be positive; got {self.lars_eta}.")
+        need(self.tpu_timeout > 0, f"tpu_timeout must be positive; got {self.tpu_timeout}.")
         need(0.0 <= self.base_tau <= 1.0, f"base_tau must be in [0, 1]; got {self.base_tau}.")
         need(
             0.0 <= self.warmup_epochs < self.epochs,

@@ -5,13 +5,16 @@ Pretraining batches are dicts {"view1", "view2": (B, S, S, 3) float32 in [0, 1],
 3) uint8, "label"} for a model built with `BYOL(..., augmenter=TwoViewAugmenter(...))`.
 Evaluation batches are (images (B, S, S, 3) float32 in [0, 1], labels (B,) int64) tuples.
 
-Bad files in a folder: zero-byte files, files that are not JPEG/PNG/BMP/GIF by their first
-bytes, and files that fail to decode are skipped with one warning naming each file and the
-count (the folder is checked once, when the dataset is built). An empty folder, or one with
-no readable image, raises ValueError naming the path. Grayscale and RGBA images are turned
-into RGB; images smaller than the output are resized up.
+Bad files in a folder: zero-byte files, files that are not JPEG/PNG/BMP/GIF/WebP by their
+first bytes, and files that fail to decode are skipped with one warning naming each file and
+the count (the folder is checked once, when the dataset is built); image types TensorFlow
+cannot decode (TIFF, HEIC, AVIF, …) are skipped with a warning naming them. Symbolic links
+are followed (a loop is listed once) and file names need not be valid UTF-8. An empty
+folder, or one with no readable image, raises ValueError naming the path. Grayscale and RGBA
+images are turned into RGB; images smaller than the output are resized up.
 """
 
+import difflib
 import logging
 import os
 
@@ -22,7 +25,9 @@ from keras_byol import augment
 
 logger = logging.getLogger("keras_byol")
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# Image types a folder may hold that TensorFlow does not decode: named when skipped.
+UNSUPPORTED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2")
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
 _DEFAULT_PRETRAIN_SPLIT = {"stl10": "unlabelled"}
 _EVAL_CENTER_CROP = 0.875
@@ -30,26 +35,58 @@ _SMALL_IMAGE_MAX = 64  # at or below this output size, eval images are resized, 
 
 
 # ------------------------------------------------------------------------------ sources
-def _list_image_folder(directory):
-    """(paths, labels, class_names) of the readable images under `directory`."""
+def _list_image_folder(directory, class_names=None):
+    """(paths, labels, class_names) of the readable images under `directory`.
+
+    Symbolic links to files and folders are followed; a linked folder met a second time
+    (a loop, or two links to one folder) is listed once, with a warning. Paths are bytes
+    (file names need not be valid UTF-8). With `class_names` (another folder's classes,
+    e.g. the training folder's for a test folder), labels are positions in that list: a
+    missing class is fine, a class it lacks is an error.
+    """
     if not os.path.isdir(directory):
         raise ValueError(f"Image folder {directory!r} does not exist or is not a directory.")
-    paths = []
-    for root, dirs, files in os.walk(directory):
-        dirs.sort()
+    paths, unsupported, repeated = [], [], []
+    seen = {os.path.realpath(directory)}
+    for root, dirs, files in os.walk(directory, followlinks=True):
+        kept = []
+        for name in sorted(dirs):
+            real = os.path.realpath(os.path.join(root, name))
+            (repeated if real in seen else kept).append(os.path.join(root, name))
+            seen.add(real)
+        dirs[:] = [os.path.basename(d) for d in kept]
         for name in sorted(files):
-            if name.lower().endswith(IMAGE_EXTENSIONS):
+            extension = os.path.splitext(name)[1].lower()
+            if extension in IMAGE_EXTENSIONS:
                 paths.append(os.path.join(root, name))
+            elif extension in UNSUPPORTED_IMAGE_EXTENSIONS:
+                unsupported.append(os.path.join(root, name))
+    if repeated:
+        logger.warning(
+            "Listed once: %d linked folder(s) that lead to a folder already listed (a loop or "
+            "a second link): %s",
+            len(repeated),
+            "; ".join(map(_shown, repeated)),
+        )
+    if unsupported:
+        logger.warning(
+            "Skipped %d image file(s) of a type TensorFlow cannot decode (%s); convert them "
+            "to JPEG or PNG to train on them: %s",
+            len(unsupported),
+            ", ".join(sorted({os.path.splitext(p)[1].lower() for p in unsupported})),
+            "; ".join(map(_shown, unsupported[:20])) + (" …" if len(unsupported) > 20 else ""),
+        )
     if not paths:
         raise ValueError(
-            f"Image folder {directory!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})."
+            f"Image folder {directory!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
+            + (f"; {len(unsupported)} of unsupported types were skipped." if unsupported else ".")
         )
     good, skipped = [], []
     for path in paths:
         reason = _unreadable_reason(path)
         (skipped.append((path, reason)) if reason else good.append(path))
     if skipped:
-        listing = "; ".join(f"{path} ({reason})" for path, reason in skipped)
+        listing = "; ".join(f"{_shown(path)} ({reason})" for path, reason in skipped)
         logger.warning("Skipped %d unreadable image file(s): %s", len(skipped), listing)
     if not good:
         raise ValueError(
@@ -57,12 +94,28 @@ def _list_image_folder(directory):
         )
     relative_dirs = [os.path.relpath(os.path.dirname(p), directory) for p in good]
     top_dirs = [d.split(os.sep)[0] for d in relative_dirs]
-    if all(d != "." for d in top_dirs):
+    labelled = all(d != "." for d in top_dirs)
+    if class_names is not None:
+        extra = sorted(set(top_dirs) - set(class_names)) if labelled else ["(images at the top)"]
+        if extra:
+            raise ValueError(
+                f"Image folder {directory!r} has class folder(s) {extra} that the training "
+                f"folder lacks (its classes: {list(class_names)}): the labels would not "
+                "match. Give both folders the same class subfolders (a class may be missing "
+                "here)."
+            )
+    elif labelled:
         class_names = sorted(set(top_dirs))
-        labels = [class_names.index(d) for d in top_dirs]
     else:
-        class_names, labels = [], [-1] * len(good)
-    return good, labels, class_names
+        class_names = []
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = [index[d] for d in top_dirs] if labelled else [-1] * len(good)
+    return [os.fsencode(p) for p in good], labels, class_names
+
+
+def _shown(path):
+    """`path` printable whatever its bytes (undecodable bytes as escapes)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
 def folder_class_names(directory):
@@ -88,7 +141,7 @@ def num_classes(source):
         return int(np.max(source[1])) + 1 if len(source[1]) else None
     if isinstance(source, np.ndarray):
         return None
-    if _is_folder(source):
+    if is_folder(source):
         return len(folder_class_names(os.fspath(source))) or None
     features = _tfds_builder(os.fspath(source)).info.features
     return getattr(features["label"], "num_classes", None) if "label" in features else None
@@ -98,15 +151,16 @@ def _unreadable_reason(path):
     """Why `path` is not a readable image, or None when it is."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(12)
     except OSError as error:
         return f"cannot be read: {error.strerror}"
     if not head:
         return "empty file"
-    if not head.startswith(_MAGIC):
-        return "not a JPEG, PNG, BMP or GIF image"
+    if not (head.startswith(_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")):
+        return "not a JPEG, PNG, BMP, GIF or WebP image"
     try:
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        encoded = tf.io.read_file(os.fsencode(path))
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
         if image.shape[0] == 0 or image.shape[1] == 0:
             return "image has no pixels"
     except (tf.errors.InvalidArgumentError, tf.errors.OutOfRangeError):
@@ -121,9 +175,17 @@ def _tfds_builder(name):
     try:
         return tfds.builder(name)
     except Exception as error:  # tfds raises several types for unknown names
+        # tfds appends the list of every data set it knows (hundreds of lines): cut it.
+        text = str(error).split("Available datasets")[0].strip()
+        reason = text.splitlines()[0] if text else type(error).__name__
+        close = difflib.get_close_matches(
+            name.split("/")[0].split(":")[0], tfds.list_builders(), cutoff=0.75
+        )
+        hint = f" Close tfds names: {', '.join(close)}." if close else ""
         raise ValueError(
-            f"Unknown tensorflow-datasets name {name!r} ({error}). Pass a tfds name such as "
-            "'cifar10', a folder of images, or an array of images."
+            f"Unknown tensorflow-datasets name {name!r} ({reason}), and there is no folder "
+            f"{name!r} in {os.getcwd()!r}. Pass a folder path, a tfds name such as "
+            f"'cifar10', or an array of images.{hint}"
         ) from None
 
 
@@ -159,25 +221,27 @@ def _tfds_records(name, split, input_context, seed):
     )
 
 
-def _is_folder(source):
+def is_folder(source):
+    """Whether a source name means a folder (a path, or an existing file or folder)."""
     source = os.fspath(source)
     return os.path.isdir(source) or source.startswith(("/", ".", "~")) or os.path.exists(source)
 
 
-def _columns(source, input_context):
+def _columns(source, input_context, class_names=None):
     """(columns, count) of an array or folder source, None for a tensorflow-datasets name.
 
     columns: {"image": (N, H, W, C) array, "label": (N,) int64} or, for a folder,
     {"path": (N,) file names, "label": (N,) int64}; one input pipeline's shard of them.
+    class_names: for a folder, the class list its labels index (see `_list_image_folder`).
     """
     if isinstance(source, tuple) and len(source) == 2:
         images, labels = source
     elif isinstance(source, np.ndarray):
         images, labels = source, None
     elif isinstance(source, (str, os.PathLike)):
-        if not _is_folder(source):
+        if not is_folder(source):
             return None
-        paths, labels, _ = _list_image_folder(os.fspath(source))
+        paths, labels, _ = _list_image_folder(os.fspath(source), class_names)
         columns = {"path": np.asarray(paths), "label": np.asarray(labels, np.int64)}
         return _shard(columns, input_context)
     else:
@@ -215,9 +279,9 @@ def _tfds_source_records(source, split, input_context, seed):
     return _tfds_records(source, split, input_context, seed)
 
 
-def _records(source, split, input_context, seed):
+def _records(source, split, input_context, seed, class_names=None):
     """(records {"image": encoded bytes or decoded image, "label": int64}, count or None)."""
-    columns = _columns(source, input_context)
+    columns = _columns(source, input_context, class_names)
     if columns is None:
         return _tfds_source_records(source, split, input_context, seed), None
     columns, count = columns
@@ -278,7 +342,7 @@ def _eval_image(image, size):
     image = _decode(image)
     if size > _SMALL_IMAGE_MAX:
         shape = tf.cast(tf.shape(image)[:2], tf.float32)
-        side = tf.cast(_EVAL_CENTER_CROP * tf.reduce_min(shape), tf.int32)
+        side = tf.maximum(tf.cast(_EVAL_CENTER_CROP * tf.reduce_min(shape), tf.int32), 1)
         top = tf.cast((shape[0] - tf.cast(side, tf.float32)) / 2, tf.int32)
         left = tf.cast((shape[1] - tf.cast(side, tf.float32)) / 2, tf.int32)
         image = tf.image.crop_to_bounding_box(image, top, left, side, side)
@@ -322,7 +386,7 @@ def pretrain_dataset(
     Args:
         source: a tensorflow-datasets name ("cifar10", "stl10" — unlabelled split by
             default —, "imagenette/160px-v2", "imagenet2012", any dataset with an "image"
-            feature), a folder of jpg/png/bmp/gif files (nested; labels from first-level
+            feature), a folder of jpg/png/bmp/gif/webp files (nested; labels from first-level
             subfolder names when every image is in one), an array of images (N, H, W[, C])
             uint8 or float in [0, 1], or an (images, labels) tuple.
         batch_size: batch size of this input pipeline (the global batch divided by the
@@ -548,7 +612,9 @@ def _decode_raw(image):
     return image
 
 
-def eval_dataset(source, *, batch_size, image_size, split=None, input_context=None):
+def eval_dataset(
+    source, *, batch_size, image_size, split=None, input_context=None, class_names=None
+):
     """(images, labels) batches for evaluation: center crop 0.875 (S > 64) or plain resize.
 
     Args:
@@ -556,13 +622,16 @@ def eval_dataset(source, *, batch_size, image_size, split=None, input_context=No
         batch_size: batch size; the last, smaller batch is kept.
         image_size: output size S.
         split: tfds split (default "test" for tfds names).
+        class_names: for a folder, the training folder's classes
+            (`folder_class_names(train_folder)`), so that a test folder missing a class
+            keeps the training labels; a class not in the list is an error.
 
     Returns:
         A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)) in source order.
     """
     if isinstance(source, str) and not os.path.isdir(source) and split is None:
         split = "test"
-    records, _ = _records(source, split, input_context, seed=0)
+    records, _ = _records(source, split, input_context, seed=0, class_names=class_names)
     return (
         records.map(
             lambda r: (_eval_image(r["image"], image_size), r["label"]),

@@ -11,6 +11,7 @@ rule for collective ops): `experiment.pretrain` makes the strategy first.
 import json
 import os
 import socket
+import threading
 from urllib.parse import urlparse
 
 import numpy as np
@@ -93,12 +94,14 @@ def _no_tpu(address, why):
     )
 
 
-def connect_tpu(address="", timeout=10.0):
+def connect_tpu(address="", timeout=300.0):
     """Resolves, connects to and initializes the TPU system at `address`.
 
     Args:
         address: a TPU name, "grpc://IP:PORT", "local", or "" for the runtime's default.
-        timeout: seconds to wait for a grpc address to accept a connection.
+        timeout: seconds to wait for the address to accept a connection, and then for the
+            TPU system to connect and initialize (a port that accepts TCP but is no TPU
+            would otherwise hang in TensorFlow's connect forever).
 
     Returns:
         the `TPUClusterResolver`.
@@ -108,24 +111,38 @@ def connect_tpu(address="", timeout=10.0):
     """
     import tensorflow as tf
 
-    _check_tpu_answers(address, timeout)
-    try:
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
-        if address not in ("", "local"):
-            tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-    except (ValueError, OSError, tf.errors.OpError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-        raise ValueError(_no_tpu(address, message)) from None
-    return resolver
+    _check_tpu_answers(address, min(timeout, 10.0))
+    outcome = {}
+
+    def connect():
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=address)
+            if address not in ("", "local"):
+                tf.config.experimental_connect_to_cluster(resolver)
+            tf.tpu.experimental.initialize_tpu_system(resolver)
+            outcome["resolver"] = resolver
+        except (ValueError, OSError, tf.errors.OpError) as error:
+            text = str(error).strip()
+            outcome["error"] = text.splitlines()[0] if text else repr(error)
+
+    # TensorFlow's connect has no timeout of its own: it runs in a daemon thread, which
+    # is left behind (and ends with the process) when it does not return in time.
+    thread = threading.Thread(target=connect, name="connect_tpu", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise ValueError(_no_tpu(address, f"no answer from a TPU within {timeout:g} s"))
+    if "error" in outcome:
+        raise ValueError(_no_tpu(address, outcome["error"]))
+    return outcome["resolver"]
 
 
-def make_strategy(name, tpu=""):
+def make_strategy(name, tpu="", tpu_timeout=300.0):
     """The `tf.distribute.Strategy` called `name` (one of STRATEGIES).
 
     default: the current (one-device) strategy; mirrored: `MirroredStrategy` over the local
     GPUs or logical CPUs; multi_worker: `MultiWorkerMirroredStrategy` from TF_CONFIG;
-    tpu: `TPUStrategy` on the TPU at `tpu`.
+    tpu: `TPUStrategy` on the TPU at `tpu` (see `connect_tpu` for `tpu_timeout`).
     """
     import tensorflow as tf
 
@@ -137,7 +154,7 @@ def make_strategy(name, tpu=""):
         parse_tf_config()
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name == "tpu":
-        return tf.distribute.TPUStrategy(connect_tpu(tpu))
+        return tf.distribute.TPUStrategy(connect_tpu(tpu, tpu_timeout))
     raise ValueError(f"strategy must be one of {STRATEGIES}; got {name!r}.")
 
 

@@ -16,6 +16,8 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from keras_byol.workdir import merge_json
+
 FLAGS = flags.FLAGS
 PROTOCOLS = ("linear", "knn", "finetune")
 
@@ -35,16 +37,24 @@ flags.DEFINE_enum("protocol", "linear", list(PROTOCOLS), "linear | knn | finetun
 flags.DEFINE_float(
     "label_fraction", 1.0, "Train on this balanced, seeded fraction of the labels (0.01, 0.1)."
 )
-flags.DEFINE_integer("epochs", None, "Classifier epochs (default: linear 90, finetune 30).")
-flags.DEFINE_integer("batch_size", 256, "Batch size of the classifier training.")
+flags.register_validator(
+    "label_fraction", lambda f: 0 < f <= 1, "--label_fraction must be in (0, 1]."
+)
+flags.DEFINE_integer(
+    "epochs", None, "Classifier epochs (default: linear 90, finetune 30).", lower_bound=1
+)
+flags.DEFINE_integer("batch_size", 256, "Batch size of the classifier training.", lower_bound=1)
 flags.DEFINE_float(
     "learning_rate", None, "Base LR × batch/256 (default: linear 0.2, finetune 0.02)."
+)
+flags.register_validator(
+    "learning_rate", lambda r: r is None or r > 0, "--learning_rate must be positive."
 )
 flags.DEFINE_bool(
     "augment", True, "linear: train on random resized crops + flips (the spec's protocol)."
 )
-flags.DEFINE_integer("image_size", 0, "Image side; 0 = the encoder's input size.")
-flags.DEFINE_integer("k", 200, "knn: neighbours (weighted vote, temperature 0.1).")
+flags.DEFINE_integer("image_size", 0, "Image side; 0 = the encoder's input size.", lower_bound=0)
+flags.DEFINE_integer("k", 200, "knn: neighbours (weighted vote, temperature 0.1).", lower_bound=1)
 flags.DEFINE_integer("seed", 0, "Seeds the label subset, the classifier and the crops.")
 flags.DEFINE_string(
     "workdir", "", "Where eval.json goes ('' = the run folder that holds the encoder)."
@@ -107,20 +117,8 @@ def run(args):
     }
     workdir = args.workdir or _default_workdir(args.encoder)
     key = args.protocol + ("" if fraction is None else f"_{fraction:g}")
-    _merge_into_eval_json(os.path.join(workdir, "eval.json"), key, results)
+    merge_json(os.path.join(workdir, "eval.json"), {key: results})
     return results
-
-
-def _merge_into_eval_json(path, key, results):
-    previous = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            previous = json.load(f)
-    previous[key] = results
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(previous, f, indent=2)
-    os.replace(path + ".tmp", path)
 
 
 def main(argv):

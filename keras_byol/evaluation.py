@@ -46,7 +46,7 @@ def load_encoder(path):
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise ValueError(f"No model file at {path!r}.")
-        model = keras.models.load_model(path)
+        model = _loaded(path, keras.models.load_model, "a .keras model file")
         return getattr(model, "encoder", model)
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
         raise ValueError(
@@ -55,7 +55,7 @@ def load_encoder(path):
         )
     import tensorflow as tf
 
-    signatures = tf.saved_model.load(path).signatures
+    signatures = _loaded(path, tf.saved_model.load, "a SavedModel").signatures
     if "serve" not in signatures:
         raise ValueError(
             f"The SavedModel at {path!r} has no 'serve' signature (it has "
@@ -68,6 +68,20 @@ def load_encoder(path):
     )
     encoder.from_saved_model = True
     return encoder
+
+
+def _loaded(path, load, kind):
+    """load(path), or a ValueError saying the file is damaged (truncated, bad bytes)."""
+    try:
+        return load(path)
+    except Exception as error:  # Keras and TensorFlow raise many types for a bad file
+        text = str(error).strip()
+        first_line = text.splitlines()[0][:300] if text else ""
+        raise ValueError(
+            f"{path!r} is not a readable {kind} ({type(error).__name__}: {first_line}); it "
+            "is truncated or damaged. Copy it again, or export it again from the run's "
+            "checkpoint."
+        ) from None
 
 
 def label_subset(labels, fraction, seed=0):
@@ -276,16 +290,33 @@ def _fit_and_score(model, train, test, *, epochs, steps_per_epoch, batch_size, l
     return {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
 
 
-def _images_and_labels(source, image_size, split, batch_size=256):
+def _images_and_labels(source, image_size, split, batch_size=256, class_names=None):
     """Center-cropped (or resized) evaluation images and labels of `source`, in memory."""
     from keras_byol import data
 
     batches = list(
-        data.eval_dataset(source, batch_size=batch_size, image_size=image_size, split=split)
+        data.eval_dataset(
+            source,
+            batch_size=batch_size,
+            image_size=image_size,
+            split=split,
+            class_names=class_names,
+        )
     )
     images = np.concatenate([b[0].numpy() for b in batches])
     labels = np.concatenate([b[1].numpy() for b in batches])
     return images, labels
+
+
+def _test_images_and_labels(train_source, test_source, image_size, split):
+    """`_images_and_labels` of the test source; a test folder is labelled with the training
+    folder's class list (a test class the training folder lacks is an error)."""
+    from keras_byol import data
+
+    class_names = None
+    if isinstance(train_source, (str, os.PathLike)) and data.is_folder(train_source):
+        class_names = data.folder_class_names(os.fspath(train_source))
+    return _images_and_labels(test_source, image_size, split, class_names=class_names)
 
 
 def _subset(labels, label_fraction, seed):
@@ -301,7 +332,9 @@ def _setup(train_source, test_source, image_size, label_fraction, seed, train_sp
     labels = data.labels_of(train_source, train_split)
     _check_labels(labels, labels)
     subset = _subset(labels, label_fraction, seed)
-    test_images, test_labels = _images_and_labels(test_source, image_size, test_split)
+    test_images, test_labels = _test_images_and_labels(
+        train_source, test_source, image_size, test_split
+    )
     _check_labels(labels, test_labels)
     return {
         "classes": data.num_classes(train_source),
@@ -469,7 +502,9 @@ def knn_eval(
     subset = _subset(labels, label_fraction, seed)
     if subset is not None:
         images, labels = images[subset], labels[subset]
-    test_images, test_labels = _images_and_labels(test_source, image_size, test_split)
+    test_images, test_labels = _test_images_and_labels(
+        train_source, test_source, image_size, test_split
+    )
     k = min(k, len(labels))
     top1 = knn_accuracy(
         extract_features(encoder, images),

@@ -1,8 +1,8 @@
 """pretrain(config, workdir): data → model → fit with checkpoints/resume → export → evaluation."""
 
+import contextlib
 import json
 import os
-import shutil
 import sys
 import time
 
@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_byol import augment, data, distribute, encoders, evaluation, export
+from keras_byol import workdir as workdir_files
 from keras_byol.callbacks import AtomicCheckpoint, DivergenceGuard, EpochLog
 from keras_byol.callbacks import applied_steps as steps_done
 from keras_byol.config import FIXED, REPLAN, PretrainConfig
@@ -257,17 +258,28 @@ def _run_record(config, run, steps_per_epoch, step, changes):
     return json.dumps({**record, "resume_history": history}, indent=2, sort_keys=True)
 
 
-def _write_atomically(path, text):
-    temporary = path + ".tmp"
-    with open(temporary, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
-
-
-def _replace_directory(source, target):
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(source, target)
+def _divergence_message(config, model, guard, checkpoint):
+    """What diverged, where, with the learning rate actually used and a rerun that works."""
+    rate = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    default = PretrainConfig(optimizer=config.optimizer).base_learning_rate
+    lower = f"--learning_rate={min(config.base_learning_rate / 10, default):g}"
+    if os.path.exists(checkpoint.path):
+        kept = (
+            f"The last checkpoint with finite values, {checkpoint.path!r} (step "
+            f"{checkpoint.saved_step}), is kept: rerun with a lower --learning_rate (e.g. "
+            f"{lower}) to resume from it; the learning-rate schedule is re-planned from there. "
+            "If that diverges again, the high rate had already damaged it: start over in a "
+            "new --workdir."
+        )
+    else:
+        kept = f"No checkpoint had been written: rerun with a lower --learning_rate (e.g. {lower})."
+    return (
+        f"Training diverged at optimizer step {guard.diverged_at_step}: {guard.reason} (last "
+        f"finite loss {guard.last_finite_loss}). The learning rate there was {rate:.4g} "
+        f"(base {config.base_learning_rate:g} × batch {config.batch_size}/256 = peak "
+        f"{config.peak_learning_rate:.4g}, optimizer={config.optimizer}); a rate too high for "
+        f"it, or mixed_float16 overflow, is the likely cause. {kept}"
+    )
 
 
 # ------------------------------------------------------------------------------- public
@@ -300,7 +312,7 @@ def pretrain(config, workdir, strategy=None):
     Raises:
         ValueError: bad config, data source or workdir; TrainingDiverged: non-finite loss.
     """
-    strategy = strategy or distribute.make_strategy(config.strategy, config.tpu)
+    strategy = strategy or distribute.make_strategy(config.strategy, config.tpu, config.tpu_timeout)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(
@@ -308,54 +320,64 @@ def pretrain(config, workdir, strategy=None):
             f"replicas; use a multiple of {replicas}."
         )
     chief = distribute.is_chief(strategy)
-    os.makedirs(workdir, exist_ok=True)
+    # One writer per run folder: the chief (other workers of a cluster only read it).
+    lock = workdir_files.lock_workdir(workdir) if chief else None
+    previous_policy = keras.config.dtype_policy()
+    try:
+        keras.config.set_dtype_policy(config.precision)
+        return _pretrain(config, workdir, strategy, chief)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+        if lock is not None:
+            lock.release()
+
+
+def _pretrain(config, workdir, strategy, chief):
     checkpoint_path = os.path.join(workdir, CHECKPOINT)
     run = _saved_run(workdir)
     resuming = os.path.exists(checkpoint_path)
     changes = _resume_changes(config, run, workdir) if resuming and run else {}
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(config.precision)
-    try:
-        source, eval_sources = _sources(config)
-        distribute.check_workers_see_the_same_checkpoint(strategy, checkpoint_path)
-        with strategy.scope():
-            # The schedules are planned once the data's length is known (below).
-            model = build_model(config, None, _num_classes(config), config.sync_batchnorm)
-            if resuming:
-                model.optimizer.build(model.trainable_variables)
-                model.load_weights(checkpoint_path)
-        step = steps_done(model)
-        dataset, steps_per_epoch = _pretrain_data(config, source, strategy, step)
-        _check_data_length(run if resuming else None, steps_per_epoch, workdir)
-        plan_schedules(model, config, steps_per_epoch)
-        total_steps = config.epochs * steps_per_epoch
+    source, eval_sources = _sources(config)
+    distribute.check_workers_see_the_same_checkpoint(strategy, checkpoint_path)
+    with strategy.scope():
+        # The schedules are planned once the data's length is known (below).
+        model = build_model(config, None, _num_classes(config), config.sync_batchnorm)
         if resuming:
-            print(f"Resuming from {checkpoint_path} at step {step}.", flush=True)
-        if changes:
-            listing = ", ".join(f"{k} {old} → {new}" for k, (new, old) in changes.items())
-            print(
-                f"Re-planned ({listing}): the learning-rate and τ schedules now end at step "
-                f"{total_steps}; continuing from step {step}.",
-                flush=True,
-            )
-        if chief:
-            record = _run_record(config, run, steps_per_epoch, step, changes)
-            _write_atomically(os.path.join(workdir, CONFIG_FILE), record)
-
-        guard = DivergenceGuard()
-        checkpoint = AtomicCheckpoint(
-            checkpoint_path, config.checkpoint_every_epochs, config.checkpoint_every_steps
+            model.optimizer.build(model.trainable_variables)
+            _load_checkpoint(model, checkpoint_path)
+    step = steps_done(model)
+    dataset, steps_per_epoch = _pretrain_data(config, source, strategy, step)
+    _check_data_length(run if resuming else None, steps_per_epoch, workdir)
+    plan_schedules(model, config, steps_per_epoch)
+    total_steps = config.epochs * steps_per_epoch
+    if resuming:
+        print(f"Resuming from {checkpoint_path} at step {step}.", flush=True)
+    if changes:
+        listing = ", ".join(f"{k} {old} → {new}" for k, (new, old) in changes.items())
+        print(
+            f"Re-planned ({listing}): the learning-rate and τ schedules now end at step "
+            f"{total_steps}; continuing from step {step}.",
+            flush=True,
         )
-        callbacks = [guard, EpochLog(), CollapseMonitor()]
-        if chief:  # one writer per cluster; the other workers read the chief's checkpoint
-            callbacks += [keras.callbacks.TensorBoard(os.path.join(workdir, "logs")), checkpoint]
-        start = time.time()
-        history = {}
-        while step < total_steps and guard.diverged_at_step is None:
-            # An epoch cut by a step checkpoint is finished first, then whole epochs follow.
-            epoch, into_epoch = divmod(step, steps_per_epoch)
-            if dataset is None:
-                dataset, _ = _pretrain_data(config, source, strategy, step)
+    if chief:
+        record = _run_record(config, run, steps_per_epoch, step, changes)
+        workdir_files.write_text(os.path.join(workdir, CONFIG_FILE), record)
+
+    guard = DivergenceGuard()
+    checkpoint = AtomicCheckpoint(
+        checkpoint_path, config.checkpoint_every_epochs, config.checkpoint_every_steps, guard
+    )
+    callbacks = [guard, EpochLog(), CollapseMonitor()]
+    if chief:  # one writer per cluster; the other workers read the chief's checkpoint
+        callbacks += [keras.callbacks.TensorBoard(os.path.join(workdir, "logs")), checkpoint]
+    start = time.time()
+    history = {}
+    while step < total_steps and guard.diverged_at_step is None:
+        # An epoch cut by a step checkpoint is finished first, then whole epochs follow.
+        epoch, into_epoch = divmod(step, steps_per_epoch)
+        if dataset is None:
+            dataset, _ = _pretrain_data(config, source, strategy, step)
+        with _input_errors_explained(config, model, checkpoint_path):
             fitted = model.fit(
                 dataset,
                 epochs=epoch + 1 if into_epoch else config.epochs,
@@ -364,63 +386,81 @@ def pretrain(config, workdir, strategy=None):
                 callbacks=callbacks,
                 verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal
             ).history
-            for name, values in fitted.items():
-                history.setdefault(name, []).extend(values)
-            if steps_done(model) == step:
-                break  # stopped without a step (a callback asked to stop)
-            step, dataset = steps_done(model), None
-        if guard.diverged_at_step is not None:
-            raise TrainingDiverged(_divergence_message(config, guard, checkpoint_path))
-        train_seconds = time.time() - start
-        result = {
-            "history": history,
-            "epochs_done": step // steps_per_epoch,
-            "steps_done": step,
-            "export_dir": None,
-            "eval": None,
-            "model": model,
-        }
-        if not chief:
-            return result
-
+        for name, values in fitted.items():
+            history.setdefault(name, []).extend(values)
+        if steps_done(model) == step:
+            break  # stopped without a step (a callback asked to stop)
+        step, dataset = steps_done(model), None
+    if chief and guard.diverged_at_step is None:
         checkpoint.set_model(model)
-        checkpoint.save()
-        model.save(os.path.join(workdir, "byol.keras.tmp.keras"))
-        os.replace(
-            os.path.join(workdir, "byol.keras.tmp.keras"), os.path.join(workdir, "byol.keras")
-        )
-        # A one-device copy of the online encoder: exported and evaluated outside the
-        # strategy, so no collective op waits for the other workers.
-        encoder = single_device_encoder(config, model.encoder)
-        export_dir = config.export_dir or os.path.join(workdir, "encoder")
-        export.export_encoder(encoder, export_dir + ".tmp")
-        _replace_directory(export_dir + ".tmp", export_dir)
-        result["export_dir"] = export_dir
-
-        if config.evaluate and eval_sources is not None:
-            results = evaluate_against_random(config, encoder, eval_sources)
-            results["pretrain_seconds_this_call"] = round(train_seconds, 1)
-            _write_atomically(os.path.join(workdir, "eval.json"), json.dumps(results, indent=2))
-            result["eval"] = results
+        checkpoint.save()  # refused (and recorded by the guard) if a variable is not finite
+    if guard.diverged_at_step is not None:
+        raise TrainingDiverged(_divergence_message(config, model, guard, checkpoint))
+    train_seconds = time.time() - start
+    result = {
+        "history": history,
+        "epochs_done": step // steps_per_epoch,
+        "steps_done": step,
+        "export_dir": None,
+        "eval": None,
+        "model": model,
+    }
+    if not chief:
         return result
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
+
+    workdir_files.write_atomically(os.path.join(workdir, "byol.keras"), model.save, ".keras")
+    # A one-device copy of the online encoder: exported and evaluated outside the
+    # strategy, so no collective op waits for the other workers.
+    encoder = single_device_encoder(config, model.encoder)
+    export_dir = config.export_dir or os.path.join(workdir, "encoder")
+    workdir_files.write_atomically(export_dir, lambda path: export.export_encoder(encoder, path))
+    result["export_dir"] = export_dir
+
+    if config.evaluate and eval_sources is not None:
+        results = evaluate_against_random(config, encoder, eval_sources)
+        results["pretrain_seconds_this_call"] = round(train_seconds, 1)
+        # Merged: the entries `python -m keras_byol.evaluate` added stay.
+        workdir_files.merge_json(os.path.join(workdir, "eval.json"), results)
+        result["eval"] = results
+    return result
 
 
-def _divergence_message(config, guard, checkpoint_path):
-    if os.path.exists(checkpoint_path):
+def _load_checkpoint(model, path):
+    try:
+        model.load_weights(path)
+    except Exception as error:  # Keras raises several types for a damaged archive
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ValueError(
+            f"The checkpoint {path!r} cannot be read ({type(error).__name__}: {first_line}). "
+            "It was damaged after it was written: restore it from a backup, or move it away "
+            "to start the run again."
+        ) from None
+
+
+@contextlib.contextmanager
+def _input_errors_explained(config, model, checkpoint_path):
+    """Turns an input file that vanished or broke during training into one message."""
+    import tensorflow as tf
+
+    try:
+        yield
+    except (
+        tf.errors.NotFoundError,
+        tf.errors.PermissionDeniedError,
+        tf.errors.DataLossError,
+    ) as error:
+        first_line = str(error.message).strip().splitlines()[0]
         kept = (
-            f"The last good checkpoint {checkpoint_path!r} is intact: lower the "
-            "learning rate and rerun to resume from it."
+            f"the checkpoint {checkpoint_path!r} is intact"
+            if os.path.exists(checkpoint_path)
+            else "no checkpoint was written yet"
         )
-    else:
-        kept = "No checkpoint had been written yet: lower the learning rate and rerun."
-    return (
-        f"The BYOL loss became NaN/inf at optimizer step {guard.diverged_at_step} (last "
-        f"finite loss {guard.last_finite_loss}). Likely cause: a learning rate too high "
-        f"for optimizer={config.optimizer} (base {config.base_learning_rate}), or "
-        f"mixed_float16 overflow. {kept}"
-    )
+        raise ValueError(
+            f"Reading the input {config.dataset!r} failed at optimizer step "
+            f"{steps_done(model)}: {first_line}. A file was moved, deleted or made unreadable "
+            f"during training; {kept}. Restore the file and rerun to resume (a folder with "
+            "fewer files is another data set: use a new --workdir)."
+        ) from None
 
 
 def single_device_encoder(config, encoder):

@@ -5,7 +5,15 @@ import warnings
 import keras
 from keras import ops
 
-from keras_byol.batches import batch_labels, encoder_input_shape, pooled_feature_dim, unpack_views
+from keras_byol.batches import (
+    INPUT_PROBLEMS,
+    batch_labels,
+    check_batch_size,
+    encoder_input_shape,
+    input_problem_flags,
+    pooled_feature_dim,
+    unpack_views,
+)
 from keras_byol.heads import MLPHead
 from keras_byol.losses import byol_loss
 from keras_byol.normalization import layers_without_per_view_statistics, per_view_statistics
@@ -162,6 +170,8 @@ class BYOL(TrainerWorkarounds, keras.Model):
             self.probe_accuracy = keras.metrics.SparseCategoricalAccuracy(name="probe_accuracy")
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.projection_std_tracker = keras.metrics.Mean(name="projection_std")
+        # Batches with bad input, counted in the step; `callbacks.InputCheck` reads them.
+        self.input_problem_trackers = [keras.metrics.Sum(name=name) for name in INPUT_PROBLEMS]
         self.built = True
 
     # ----------------------------------------------------------------------------- state
@@ -237,7 +247,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
         metrics = [self.loss_tracker, self.projection_std_tracker]
         if self.probe is not None:
             metrics += [self.probe_loss_tracker, self.probe_accuracy]
-        return metrics
+        return metrics + self.input_problem_trackers
 
     def set_target_decay(self, schedule):
         """Makes `schedule` (a `schedules.CosineTargetDecay`) the model's τ schedule.
@@ -268,8 +278,15 @@ class BYOL(TrainerWorkarounds, keras.Model):
         """(view1, view2, labels or None) of a batch, after the batch checks and the τ
         schedule's (both backends' steps call it, at trace time)."""
         view1, view2 = unpack_views(data, self.image_shape, self.augmenter)
+        check_batch_size(view1, self._replicas_per_step())
         self.check_target_decay()
         return view1, view2, batch_labels(data)
+
+    def _replicas_per_step(self):
+        """Replicas that each see the step's batch slice (1 off TensorFlow: JAX steps see
+        the global batch)."""
+        strategy = getattr(self, "distribute_strategy", None)
+        return 1 if strategy is None else strategy.num_replicas_in_sync
 
     def check_target_decay(self):
         """Raises unless the τ schedule is planned."""
@@ -339,12 +356,14 @@ class BYOL(TrainerWorkarounds, keras.Model):
     def compute_losses(self, view1, view2, labels=None):
         """(total loss, outputs) for one batch (see `forward_both_views` for the passes).
 
-        outputs: "byol_loss" (scalar), "projection" (online z of view 1) and, with a probe
-        and labels, "probe_loss", "probe_logits", "labels", "label_mask".
+        outputs: "byol_loss" (scalar), "projection" (online z of view 1), "input_problems"
+        (`batches.input_problem_flags`) and, with a probe and labels, "probe_loss",
+        "probe_logits", "labels", "label_mask".
         """
         (features1, z1, p1, p2), (target_z1, target_z2) = self.forward_both_views(view1, view2)
         loss = byol_loss(p1, p2, target_z1, target_z2)
-        outputs = {"byol_loss": loss, "projection": z1}
+        flags = input_problem_flags(view1, view2, self._replicas_per_step())
+        outputs = {"byol_loss": loss, "projection": z1, "input_problems": flags}
         if self.probe is None or labels is None:
             return loss, outputs
         # The probe reads the online features through a stop-gradient: it learns from
@@ -384,6 +403,8 @@ class BYOL(TrainerWorkarounds, keras.Model):
         normalized = projection / ops.maximum(ops.norm(projection, axis=-1, keepdims=True), 1e-12)
         self.loss_tracker.update_state(outputs["byol_loss"])
         self.projection_std_tracker.update_state(ops.mean(ops.std(normalized, axis=0)))
+        for tracker in self.input_problem_trackers:
+            tracker.update_state(outputs["input_problems"][tracker.name])
         if "probe_logits" in outputs:
             self.probe_loss_tracker.update_state(outputs["probe_loss"])
             self.probe_accuracy.update_state(
@@ -418,22 +439,39 @@ class BYOL(TrainerWorkarounds, keras.Model):
             raise ValueError("BYOL computes its own loss; do not pass loss= to compile.")
 
     def fit(self, *args, **kwargs):
-        """`keras.Model.fit`, with the τ schedule planned (`callbacks.TargetDecayPlan`)."""
-        from keras_byol.callbacks import TargetDecayPlan
+        """`keras.Model.fit`, with the τ schedule planned (`callbacks.TargetDecayPlan`) and
+        the input checked (`callbacks.InputCheck`: NaN/inf, [0, 255] floats, one-image
+        batches stop `fit` with a ValueError)."""
+        from keras_byol.callbacks import InputCheck, TargetDecayPlan
 
         self._check_compiled_for_byol()
         arguments = bind_fit_arguments(args, kwargs)
         callbacks = list(arguments.get("callbacks") or [])
         if not any(isinstance(callback, TargetDecayPlan) for callback in callbacks):
             callbacks.append(TargetDecayPlan())
-        arguments["callbacks"] = callbacks
-        return super().fit(**arguments)
+        arguments["callbacks"] = [InputCheck()] + callbacks
+        try:
+            return super().fit(**arguments)
+        except Exception:
+            # A step that failed while tracing (a batch check) may have created variables:
+            # the next fit traces a new function instead of reusing this one.
+            self.train_function = None
+            raise
 
-    def train_on_batch(self, *args, **kwargs):
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        """`keras.Model.train_on_batch`, with the input checks of `fit`."""
+        from keras_byol.callbacks import raise_on_input_problems
+
         self._check_compiled_for_byol()
-        logs = super().train_on_batch(*args, **kwargs)
-        self.warn_if_target_frozen(int(ops.convert_to_numpy(self.optimizer.iterations)))
-        return logs
+        try:
+            logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
+        except Exception:
+            self.train_function = None  # as in `fit`
+            raise
+        step = int(ops.convert_to_numpy(self.optimizer.iterations))
+        raise_on_input_problems(logs, step)
+        self.warn_if_target_frozen(step)
+        return logs if return_dict else self._flatten_metrics_in_order(logs)
 
     # --------------------------------------------------------------------- serialization
     def get_config(self):
