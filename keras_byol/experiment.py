@@ -321,7 +321,8 @@ def pretrain(config, workdir, strategy=None):
         )
     chief = distribute.is_chief(strategy)
     # One writer per run folder: the chief (other workers of a cluster only read it).
-    lock = workdir_files.lock_workdir(workdir) if chief else None
+    written = (CONFIG_FILE, CHECKPOINT, "byol.keras", "encoder", "eval.json")
+    lock = workdir_files.lock_workdir(workdir, written) if chief else None
     previous_policy = keras.config.dtype_policy()
     try:
         keras.config.set_dtype_policy(config.precision)

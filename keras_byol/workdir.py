@@ -30,11 +30,12 @@ class WorkdirLock:
             self._descriptor = None
 
 
-def lock_workdir(path):
+def lock_workdir(path, files=()):
     """Creates `path` if needed, checks it is a writable folder and takes its lock.
 
-    Leftover temporary files of a run that was killed while writing are removed (under
-    the lock, so never those of a live run).
+    The temporaries of `files` (paths relative to `path`: what the run writes) that a run
+    killed while writing left behind are removed (under the lock, so never those of a
+    live run; nothing else in the folder is touched).
 
     Returns:
         a `WorkdirLock`.
@@ -69,17 +70,10 @@ def lock_workdir(path):
         ) from None
     os.ftruncate(descriptor, 0)
     os.write(descriptor, f"{os.getpid()}\n".encode())
-    remove_temporaries(path)
+    for name in files:
+        for suffix in ("", ".keras"):
+            _remove(os.path.join(path, name) + TEMPORARY + suffix)
     return WorkdirLock(path, descriptor)
-
-
-def remove_temporaries(folder):
-    """Removes the temporary files and folders that writes left in `folder` and its
-    first-level subfolders (a process killed mid-write leaves them)."""
-    for root in [folder] + [e.path for e in os.scandir(folder) if e.is_dir()]:
-        for entry in os.scandir(root):
-            if TEMPORARY in entry.name and not entry.name.startswith(TEMPORARY):
-                _remove(entry.path)
 
 
 def _remove(path):
