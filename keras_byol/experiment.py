@@ -236,6 +236,14 @@ def _resume_changes(config, run, workdir):
     return differences[REPLAN]
 
 
+def _resume_state(config, workdir):
+    """(saved run record or None, whether a checkpoint exists, re-planned changes); raises
+    ValueError for a change a resume cannot honour."""
+    run = _saved_run(workdir)
+    resuming = os.path.exists(os.path.join(workdir, CHECKPOINT))
+    return run, resuming, _resume_changes(config, run, workdir) if resuming and run else {}
+
+
 def _check_data_length(run, steps_per_epoch, workdir):
     saved = (run or {}).get("data_steps_per_epoch")
     if saved is not None and saved != steps_per_epoch:
@@ -320,24 +328,23 @@ def pretrain(config, workdir, strategy=None):
             f"replicas; use a multiple of {replicas}."
         )
     chief = distribute.is_chief(strategy)
+    _resume_state(config, workdir)  # refused before the lock rewrites anything
     # One writer per run folder: the chief (other workers of a cluster only read it).
     written = (CONFIG_FILE, CHECKPOINT, "byol.keras", "encoder", "eval.json")
     lock = workdir_files.lock_workdir(workdir, written) if chief else None
     previous_policy = keras.config.dtype_policy()
     try:
         keras.config.set_dtype_policy(config.precision)
-        return _pretrain(config, workdir, strategy, chief)
+        # Read again under the lock: another run may have ended in between.
+        return _pretrain(config, workdir, strategy, chief, *_resume_state(config, workdir))
     finally:
         keras.config.set_dtype_policy(previous_policy)
         if lock is not None:
             lock.release()
 
 
-def _pretrain(config, workdir, strategy, chief):
+def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
     checkpoint_path = os.path.join(workdir, CHECKPOINT)
-    run = _saved_run(workdir)
-    resuming = os.path.exists(checkpoint_path)
-    changes = _resume_changes(config, run, workdir) if resuming and run else {}
     source, eval_sources = _sources(config)
     distribute.check_workers_see_the_same_checkpoint(strategy, checkpoint_path)
     with strategy.scope():
