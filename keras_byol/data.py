@@ -5,18 +5,25 @@ Pretraining batches are dicts {"view1", "view2": (B, S, S, 3) float32 in [0, 1],
 3) uint8, "label"} for a model built with `BYOL(..., augmenter=TwoViewAugmenter(...))`.
 Evaluation batches are (images (B, S, S, 3) float32 in [0, 1], labels (B,) int64) tuples.
 
-Bad files in a folder: zero-byte files, files that are not JPEG/PNG/BMP/GIF/WebP by their
-first bytes, and files that fail to decode are skipped with one warning naming each file and
-the count (the folder is checked once, when the dataset is built); image types TensorFlow
-cannot decode (TIFF, HEIC, AVIF, …) are skipped with a warning naming them. Symbolic links
-are followed (a loop is listed once) and file names need not be valid UTF-8. An empty
-folder, or one with no readable image, raises ValueError naming the path. Grayscale and RGBA
-images are turned into RGB; images smaller than the output are resized up.
+A folder is listed once (names only: nothing is opened before training) into an
+`ImageFolder`, which every function here also takes as a source. Bad files are found where
+they are read, inside the pipeline: a file that is empty, not an image or corrupt is skipped,
+counted and named in one warning per pass over the folder (each file named once; with a
+`BadFiles` log, also in a file); a file that vanished or became unreadable stops the pipeline
+with TensorFlow's NotFoundError / PermissionDeniedError. Image types TensorFlow cannot decode
+(TIFF, HEIC, AVIF, …) are skipped at listing with a warning naming them. Symbolic links are
+followed (a loop is listed once) and file names need not be valid UTF-8. An empty folder
+raises ValueError naming the path; a pass in which no file can be read raises
+InvalidArgumentError. Grayscale and RGBA images are turned into RGB; images smaller than the
+output are resized up.
 """
 
+import dataclasses
 import difflib
 import logging
 import os
+import threading
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -28,6 +35,8 @@ logger = logging.getLogger("keras_byol")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 # Image types a folder may hold that TensorFlow does not decode: named when skipped.
 UNSUPPORTED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2")
+# What the pipeline of a folder in which too few files decode stops with (InvalidArgumentError).
+NO_READABLE_IMAGE = "no file of a pass over the image folder could be read"
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
 _DEFAULT_PRETRAIN_SPLIT = {"stl10": "unlabelled"}
 _EVAL_CENTER_CROP = 0.875
@@ -35,17 +44,43 @@ _SMALL_IMAGE_MAX = 64  # at or below this output size, eval images are resized, 
 
 
 # ------------------------------------------------------------------------------ sources
-def _list_image_folder(directory, class_names=None):
-    """(paths, labels, class_names) of the readable images under `directory`.
+@dataclasses.dataclass(frozen=True, eq=False)
+class ImageFolder:
+    """A listed image folder: what every pipeline of a run reads, listed once.
+
+    Attributes:
+        directory: the folder.
+        paths: (N,) bytes file names (need not be valid UTF-8), in listing order.
+        labels: (N,) int64 positions in `class_names`, or −1 when images lie at the top.
+        class_names: first-level subfolder names ([] when unlabelled).
+    """
+
+    directory: str
+    paths: np.ndarray
+    labels: np.ndarray
+    class_names: list
+
+
+def list_image_folder(directory, class_names=None):
+    """The `ImageFolder` of the image files under `directory` (names only: none is opened).
 
     Symbolic links to files and folders are followed; a linked folder met a second time
-    (a loop, or two links to one folder) is listed once, with a warning. Paths are bytes
-    (file names need not be valid UTF-8). With `class_names` (another folder's classes,
-    e.g. the training folder's for a test folder), labels are positions in that list: a
-    missing class is fine, a class it lacks is an error.
+    (a loop, or two links to one folder) is listed once, with a warning. With `class_names`
+    (another folder's classes, e.g. the training folder's for a test folder), labels are
+    positions in that list: a missing class is fine, a class it lacks is an error. An
+    `ImageFolder` passes through (listed again only to take other `class_names`).
+
+    Raises:
+        ValueError: no such folder, no image file, or a class not in `class_names`.
     """
+    if isinstance(directory, ImageFolder):
+        if class_names is None or list(class_names) == directory.class_names:
+            return directory
+        directory = directory.directory  # labelled again, with `class_names`
+    directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise ValueError(f"Image folder {directory!r} does not exist or is not a directory.")
+    started = time.perf_counter()
     paths, unsupported, repeated = [], [], []
     seen = {os.path.realpath(directory)}
     for root, dirs, files in os.walk(directory, followlinks=True):
@@ -81,19 +116,8 @@ def _list_image_folder(directory, class_names=None):
             f"Image folder {directory!r} holds no image files ({', '.join(IMAGE_EXTENSIONS)})"
             + (f"; {len(unsupported)} of unsupported types were skipped." if unsupported else ".")
         )
-    good, skipped = [], []
-    for path in paths:
-        reason = _unreadable_reason(path)
-        (skipped.append((path, reason)) if reason else good.append(path))
-    if skipped:
-        listing = "; ".join(f"{_shown(path)} ({reason})" for path, reason in skipped)
-        logger.warning("Skipped %d unreadable image file(s): %s", len(skipped), listing)
-    if not good:
-        raise ValueError(
-            f"Image folder {directory!r} holds no readable image ({len(skipped)} skipped)."
-        )
-    relative_dirs = [os.path.relpath(os.path.dirname(p), directory) for p in good]
-    top_dirs = [d.split(os.sep)[0] for d in relative_dirs]
+    prefix = len(os.path.join(directory, ""))
+    top_dirs = [p[prefix:].split(os.sep)[0] if os.sep in p[prefix:] else "." for p in paths]
     labelled = all(d != "." for d in top_dirs)
     if class_names is not None:
         extra = sorted(set(top_dirs) - set(class_names)) if labelled else ["(images at the top)"]
@@ -104,13 +128,26 @@ def _list_image_folder(directory, class_names=None):
                 "match. Give both folders the same class subfolders (a class may be missing "
                 "here)."
             )
+        class_names = list(class_names)
     elif labelled:
         class_names = sorted(set(top_dirs))
     else:
         class_names = []
     index = {name: i for i, name in enumerate(class_names)}
-    labels = [index[d] for d in top_dirs] if labelled else [-1] * len(good)
-    return [os.fsencode(p) for p in good], labels, class_names
+    labels = [index[d] for d in top_dirs] if labelled else [-1] * len(paths)
+    logger.info(
+        "Listed %d image files in %d class folder(s) under %s in %.1f s.",
+        len(paths),
+        len(class_names),
+        _shown(directory),
+        time.perf_counter() - started,
+    )
+    return ImageFolder(
+        directory,
+        np.asarray([os.fsencode(p) for p in paths]),
+        np.asarray(labels, np.int64),
+        class_names,
+    )
 
 
 def _shown(path):
@@ -120,7 +157,7 @@ def _shown(path):
 
 def folder_class_names(directory):
     """Sorted first-level subfolder names that hold images ([] if images lie at the top)."""
-    return _list_image_folder(directory)[2]
+    return list_image_folder(directory).class_names
 
 
 def labels_of(source, split="train"):
@@ -129,7 +166,9 @@ def labels_of(source, split="train"):
         return np.asarray(source[1], np.int64)
     if isinstance(source, np.ndarray):
         return np.full(len(source), -1, np.int64)
-    records, _ = _records(source, split, None, seed=0)
+    if is_folder(source):
+        return list_image_folder(source).labels
+    records, _ = _records(source, split, None, seed=0, shuffle_files=False)
     return np.fromiter(
         records.map(lambda r: r["label"]).batch(4096).unbatch().as_numpy_iterator(), np.int64
     )
@@ -142,9 +181,123 @@ def num_classes(source):
     if isinstance(source, np.ndarray):
         return None
     if is_folder(source):
-        return len(folder_class_names(os.fspath(source))) or None
+        return len(list_image_folder(source).class_names) or None
     features = _tfds_builder(os.fspath(source)).info.features
     return getattr(features["label"], "num_classes", None) if "label" in features else None
+
+
+class BadFiles:
+    """Counts and names the files a folder pipeline skipped because they cannot be decoded.
+
+    One warning per pass over the folder that skipped files, naming each file the first time
+    only; with `log_path`, each file is also appended once to that file ("path<TAB>reason"
+    lines; names already in it are not named again, so a resumed run keeps one list).
+    Thread-safe: the pipeline calls it from tf.data threads.
+
+    Attributes:
+        skipped: {path (bytes): reason} of every file skipped so far.
+        passes: the number of files skipped in each pass that skipped any, in order.
+    """
+
+    def __init__(self, log_path=None):
+        self.log_path = log_path
+        self.skipped, self.passes, self._open = {}, [], {}
+        self._lock = threading.Lock()
+        if log_path and os.path.exists(log_path):
+            with open(log_path, "rb") as f:
+                for line in f.read().splitlines():
+                    path, _, reason = line.partition(b"\t")
+                    self.skipped[path] = reason.decode("utf-8", "replace")
+
+    def note(self, pass_index, paths, end_of_pass, kept):
+        """Records the skipped `paths` of pass `pass_index` (any int64 naming the pass); at
+        its end (`kept` images used), warns. Returns the first path that cannot be opened (it
+        vanished or lost its permissions), or b"" when there is none."""
+        pass_index, kept = int(pass_index), int(kept)
+        for path in (p for p in paths.numpy()):
+            reason = _unreadable_reason(path) or "decoded, but its views could not be made"
+            if reason.startswith("cannot be read"):
+                return path  # the pipeline re-reads it, and stops with TensorFlow's error
+            with self._lock:
+                self._open.setdefault(pass_index, []).append((path, reason))
+        if bool(end_of_pass):
+            self._end_pass(pass_index, kept)
+        return b""
+
+    def _end_pass(self, pass_index, kept):
+        with self._lock:
+            skipped = self._open.pop(pass_index, [])
+            if not skipped:
+                return
+            new = [(p, r) for p, r in dict(skipped).items() if p not in self.skipped]
+            self.skipped.update(new)
+            self.passes.append(len(skipped))
+        named = "; ".join(f"{_shown(p)} ({r})" for p, r in new)
+        before = len(skipped) - len(new)
+        logger.warning(
+            "Skipped %d unreadable image file(s) in a pass over the folder (%d images used)%s%s",
+            len(skipped),
+            kept,
+            f": {named}" if named else "",
+            f"{'; and the ' if named else ': the '}{before} named before" if before else "",
+        )
+        if self.log_path and new:
+            with open(self.log_path, "ab") as f:
+                f.writelines(p + b"\t" + r.encode() + b"\n" for p, r in new)
+
+
+def _skipping_bad_files(made, paths, first, count, bad_files, pass_index, fill=False):
+    """`made` ((position, example) pairs, positions `first`…`count`−1 in order) without the
+    examples whose file could not be decoded or cropped: skipped, and told to `bad_files`
+    with their paths (`paths[position]`: a tensor in position order).
+
+    fill=True keeps one example per position (a stream that can seek by position): the
+    places of skipped files are taken by copies of the readable example before them (after
+    them at the start of the pass). A file that vanished stops the pipeline with its
+    NotFoundError; a pass in which no file can be read, with InvalidArgumentError."""
+    made, paths = made.ignore_errors(), tf.convert_to_tensor(paths)
+    placeholder = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), made.element_spec[1])
+    end = tf.data.Dataset.from_tensors((tf.constant(count, tf.int64), placeholder))
+    zero = tf.constant(0, tf.int64)
+
+    def note(state, element):
+        # Each step emits the readable example before this one (held in the state), with
+        # the copies that fill the gap after it (and, for the first, the gap before it).
+        (expected, skipped, held, pending), previous = state
+        position, example = element
+        at_end = position >= count
+
+        def tell():
+            kept = count - first - skipped - (position - expected)
+            missing = tf.py_function(
+                bad_files.note, [pass_index, paths[expected:position], at_end, kept], tf.string
+            )
+            reread = tf.cond(
+                tf.strings.length(missing) > 0,
+                lambda: tf.strings.length(tf.io.read_file(missing)),  # raises its NotFoundError
+                lambda: tf.constant(0),
+            )
+            check = tf.debugging.Assert(
+                tf.logical_not(at_end) | (kept > 0) | (first > 0),
+                [f"{NO_READABLE_IMAGE}: every file skipped is named in the warning above. "
+                 "Replace or remove the bad files."],
+            )  # fmt: skip
+            with tf.control_dependencies([check]):
+                return tf.cast(reread, tf.int64) * 0
+
+        gap = position - expected
+        gap += tf.cond((gap > 0) | at_end, tell, lambda: zero)
+        fills = gap if fill else zero
+        copies = tf.where(held > 0, 1 + fills + pending, zero)
+        pending = tf.where(held > 0, zero, pending + fills)
+        return ((position + 1, skipped + gap, held * 0 + 1, pending), example), (copies, previous)
+
+    start = ((tf.cast(first, tf.int64), zero, zero, zero), placeholder)
+    return (
+        made.concatenate(end)
+        .scan(start, note)
+        .flat_map(lambda copies, example: tf.data.Dataset.from_tensors(example).repeat(copies))
+    )
 
 
 def _unreadable_reason(path):
@@ -189,8 +342,11 @@ def _tfds_builder(name):
         ) from None
 
 
-def _tfds_records(name, split, input_context, seed):
-    """A dataset of {"image": encoded bytes, "label": int64} from tensorflow-datasets."""
+def _tfds_records(name, split, input_context, seed, shuffle_files=True):
+    """A dataset of {"image": encoded bytes, "label": int64} from tensorflow-datasets.
+
+    shuffle_files=False reads the split in its files' order: the same order for every
+    seed, which label subsets and evaluation need (positions in it are example ids)."""
     import tensorflow_datasets as tfds
 
     builder = _tfds_builder(name)
@@ -201,7 +357,7 @@ def _tfds_records(name, split, input_context, seed):
     try:
         records = builder.as_dataset(
             split=split,
-            shuffle_files=True,
+            shuffle_files=shuffle_files,
             decoders={"image": tfds.decode.SkipDecoding()},
             read_config=read_config,
         )
@@ -222,8 +378,12 @@ def _tfds_records(name, split, input_context, seed):
 
 
 def is_folder(source):
-    """Whether a source name means a folder (a path, or an existing file or folder)."""
-    source = os.fspath(source)
+    """Whether a source means a folder (an `ImageFolder`, a path, an existing file or folder)."""
+    if isinstance(source, ImageFolder):
+        return True
+    if not isinstance(source, (str, bytes, os.PathLike)):
+        return False
+    source = os.fsdecode(source)
     return os.path.isdir(source) or source.startswith(("/", ".", "~")) or os.path.exists(source)
 
 
@@ -232,18 +392,17 @@ def _columns(source, input_context, class_names=None):
 
     columns: {"image": (N, H, W, C) array, "label": (N,) int64} or, for a folder,
     {"path": (N,) file names, "label": (N,) int64}; one input pipeline's shard of them.
-    class_names: for a folder, the class list its labels index (see `_list_image_folder`).
+    class_names: for a folder, the class list its labels index (see `list_image_folder`).
     """
     if isinstance(source, tuple) and len(source) == 2:
         images, labels = source
     elif isinstance(source, np.ndarray):
         images, labels = source, None
-    elif isinstance(source, (str, os.PathLike)):
+    elif isinstance(source, (str, os.PathLike, ImageFolder)):
         if not is_folder(source):
             return None
-        paths, labels, _ = _list_image_folder(os.fspath(source), class_names)
-        columns = {"path": np.asarray(paths), "label": np.asarray(labels, np.int64)}
-        return _shard(columns, input_context)
+        folder = list_image_folder(source, class_names)
+        return _shard({"path": folder.paths, "label": folder.labels}, input_context)
     else:
         raise TypeError(
             "source must be a tensorflow-datasets name, a folder path, an array of images "
@@ -263,6 +422,12 @@ def _columns(source, input_context, class_names=None):
     return _shard({"image": images, "label": labels}, input_context)
 
 
+def _as_tensors(columns):
+    """The columns as eager tensors: the pipeline's functions capture them by reference (a
+    NumPy array would be copied into every function that uses it as a constant)."""
+    return {name: tf.convert_to_tensor(values) for name, values in columns.items()}
+
+
 def _shard(columns, input_context):
     """This input pipeline's rows (every n-th from its index, like `Dataset.shard`)."""
     if input_context is not None:
@@ -271,19 +436,20 @@ def _shard(columns, input_context):
     return columns, len(columns["label"])
 
 
-def _tfds_source_records(source, split, input_context, seed):
+def _tfds_source_records(source, split, input_context, seed, shuffle_files=True):
     """`_tfds_records` of a tfds name, with the default pretraining split when split is None."""
     source = os.fspath(source)
     if split is None:
         split = _DEFAULT_PRETRAIN_SPLIT.get(source.split("/")[0], "train")
-    return _tfds_records(source, split, input_context, seed)
+    return _tfds_records(source, split, input_context, seed, shuffle_files)
 
 
-def _records(source, split, input_context, seed, class_names=None):
+def _records(source, split, input_context, seed, class_names=None, shuffle_files=True):
     """(records {"image": encoded bytes or decoded image, "label": int64}, count or None)."""
     columns = _columns(source, input_context, class_names)
     if columns is None:
-        return _tfds_source_records(source, split, input_context, seed), None
+        records = _tfds_source_records(source, split, input_context, seed, shuffle_files)
+        return records, None
     columns, count = columns
     records = tf.data.Dataset.from_tensor_slices(columns)
     if "path" in columns:
@@ -380,6 +546,7 @@ def pretrain_dataset(
     view2=augment.BYOL_VIEW2,
     input_context=None,
     repeat=False,
+    bad_files=None,
 ):
     """A tf.data pipeline of BYOL batches for `model.fit`.
 
@@ -405,6 +572,8 @@ def pretrain_dataset(
         input_context: a `tf.distribute.InputContext` (from
             `strategy.distribute_datasets_from_function`): shards per input pipeline.
         repeat: repeat forever (then pass steps_per_epoch to fit).
+        bad_files: for a folder, the `BadFiles` that counts and names skipped files (a new
+            one by default); its warnings come once per pass.
 
     Returns:
         A batched, prefetched `tf.data.Dataset` of dicts (see the module docstring).
@@ -433,6 +602,7 @@ def _pass_maker(
     view2,
     input_context,
     start_batch,
+    bad_files=None,
 ):
     """(one_pass(pass_index) → that pass's batches, batches per pass or None, first pass)."""
     if augment_on not in ("cpu", "device"):
@@ -446,7 +616,7 @@ def _pass_maker(
         records = _tfds_source_records(source, split, input_context, seed)
         examples = int(records.cardinality())
     else:
-        columns, examples = columns
+        columns, examples = _as_tensors(columns[0]), columns[1]
         records = None
     if examples >= 0 and examples < batch_size:
         raise ValueError(
@@ -470,15 +640,19 @@ def _pass_maker(
                 "label": record["label"],
             }
 
+    folder = columns is not None and "path" in columns
+    bad_files = (bad_files or BadFiles()) if folder else None
+
     def shuffled(pass_key):
-        """This pass's records in its order: a uniform permutation where the source allows
-        random access, else the tfds order permuted within blocks of `shuffle_buffer`."""
+        """(order, this pass's records in its order): a uniform permutation `order` where the
+        source allows random access, else (None, the tfds order permuted within blocks of
+        `shuffle_buffer`)."""
         order_key = tf.random.experimental.stateless_fold_in(pass_key, 0)
         if records is None:
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(examples, dtype=tf.int64), seed=order_key
             )
-            return tf.data.Dataset.from_tensor_slices(order).map(
+            return order, tf.data.Dataset.from_tensor_slices(order).map(
                 lambda index: {name: tf.gather(values, index) for name, values in columns.items()}
             )
 
@@ -489,23 +663,30 @@ def _pass_maker(
             )
             return {name: tf.gather(values, order) for name, values in block.items()}
 
-        return records.batch(shuffle_buffer).enumerate().map(permute).unbatch()
+        return None, records.batch(shuffle_buffer).enumerate().map(permute).unbatch()
 
     def one_pass(pass_index):
         pass_key = tf.stack([tf.cast(seed, tf.int64), pass_index])
         view_key = tf.random.experimental.stateless_fold_in(pass_key, 1)
         skip = tf.where(pass_index == first_pass, tf.constant(skipped * batch_size, tf.int64), 0)
-        return (
-            shuffled(pass_key)
-            .enumerate()
+        order, ordered = shuffled(pass_key)
+        made = (
+            ordered.enumerate()
             .skip(skip)
             .map(
-                lambda i, r: example(r, tf.random.experimental.stateless_fold_in(view_key, i)),
+                lambda i, r: (i, example(r, tf.random.experimental.stateless_fold_in(view_key, i))),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True,
             )
-            .batch(batch_size, drop_remainder=True)
         )
+        if folder:
+            paths = tf.gather(columns["path"], order)
+            made = _skipping_bad_files(
+                made, paths, skip, examples, bad_files, pass_index, fill=True
+            )
+        else:
+            made = made.map(lambda i, e: e)
+        return made.batch(batch_size, drop_remainder=True)
 
     return one_pass, per_pass, first_pass
 
@@ -524,6 +705,7 @@ def pretrain_stream(
     input_context=None,
     start_batch=0,
     passes=None,
+    bad_files=None,
 ):
     """The pretraining batches as a deterministic stream that can start at any batch.
 
@@ -535,11 +717,13 @@ def pretrain_stream(
     history or of TensorFlow's global seed. `start_batch=N` yields what batch N onwards
     of the stream from 0 would be, skipping the first N·B examples before anything is
     decoded (a folder's files are read after the skip; a tfds source reads and drops the
-    records of the pass being resumed). Each pass drops its incomplete last batch.
+    records of the pass being resumed). Each pass drops its incomplete last batch. A folder's
+    file that cannot be decoded is skipped and its place in the pass taken by a copy of the
+    next readable example, so positions (and resuming) stay exact.
 
     Args:
         source, batch_size, image_size, split, shuffle_buffer, seed, augment_on, view1,
-            view2, input_context: as in `pretrain_dataset`.
+            view2, input_context, bad_files: as in `pretrain_dataset`.
         start_batch: the stream's first batch (a resumed run: steps done × batches per step).
         passes: passes over the source to make (counted from 0); None = forever.
 
@@ -570,19 +754,62 @@ def labelled_train_dataset(
     shuffle_buffer=10_000,
     seed=0,
     indices=None,
+    bad_files=None,
 ):
     """Shuffled (random view, label) batches for training a classifier (linear, fine-tune).
 
     Args:
         source: as in `pretrain_dataset`; it must have labels.
         view: the `augment.ViewConfig` of the training view (random resized crop + flip).
+        shuffle_buffer: records shuffled together (a folder is permuted whole every epoch).
         indices: keep only these example positions (a label subset), or None for all.
+        bad_files: for a folder, the `BadFiles` told of skipped files (a new one by default).
 
     Returns:
         A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)); the last,
         smaller batch is kept.
     """
-    records, _ = _records(source, split, None, seed)
+    if is_folder(source):
+        folder = list_image_folder(source)
+        paths, labels = folder.paths, folder.labels
+        if indices is not None:
+            paths, labels = paths[np.asarray(indices)], labels[np.asarray(indices)]
+        count = len(labels)
+        paths, labels = _as_tensors({"path": paths, "label": labels}).values()
+        bad_files = bad_files or BadFiles()
+
+        def one_pass(pass_seed):
+            key = tf.stack([tf.cast(seed, tf.int64), pass_seed])
+            order = tf.random.experimental.stateless_shuffle(
+                tf.range(count, dtype=tf.int64), seed=key
+            )
+            made = (
+                tf.data.Dataset.from_tensor_slices(order)
+                .enumerate()
+                .map(
+                    lambda i, index: (i, (
+                        augment.one_view(
+                            _decode_raw(tf.io.read_file(tf.gather(paths, index))),
+                            tf.random.experimental.stateless_fold_in(key, i), image_size, view,
+                        ),
+                        tf.gather(labels, index),
+                    )),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True,
+                )
+            )  # fmt: skip
+            in_order = tf.gather(paths, order)
+            return _skipping_bad_files(made, in_order, 0, count, bad_files, pass_seed)
+
+        return (
+            tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            .take(1)
+            .flat_map(one_pass)
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+    # Files in their order, so that `indices` are the positions `labels_of` gives.
+    records, _ = _records(source, split, None, seed, shuffle_files=False)
     if indices is not None:
         keys = tf.constant(np.asarray(indices, np.int64))
         keep = tf.lookup.StaticHashTable(
@@ -613,7 +840,15 @@ def _decode_raw(image):
 
 
 def eval_dataset(
-    source, *, batch_size, image_size, split=None, input_context=None, class_names=None
+    source,
+    *,
+    batch_size,
+    image_size,
+    split=None,
+    input_context=None,
+    class_names=None,
+    bad_files=None,
+    positions=False,
 ):
     """(images, labels) batches for evaluation: center crop 0.875 (S > 64) or plain resize.
 
@@ -625,18 +860,31 @@ def eval_dataset(
         class_names: for a folder, the training folder's classes
             (`folder_class_names(train_folder)`), so that a test folder missing a class
             keeps the training labels; a class not in the list is an error.
+        bad_files: for a folder, the `BadFiles` told of skipped files (a new one by default).
+        positions: also yield each example's position (its id: the index of an array row
+            or of a folder's file in `list_image_folder` order, the index in the files'
+            order for tfds), as `labels_of` and label subsets count them.
 
     Returns:
-        A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)) in source order.
+        A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)[, int64 (B,)]),
+        in the source's order (tfds: its files' order; a folder's bad files left out).
     """
-    if isinstance(source, str) and not os.path.isdir(source) and split is None:
-        split = "test"
-    records, _ = _records(source, split, input_context, seed=0, class_names=class_names)
-    return (
-        records.map(
-            lambda r: (_eval_image(r["image"], image_size), r["label"]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
+    columns = _columns(source, input_context, class_names)
+    if columns is None:
+        records = _tfds_records(os.fspath(source), split or "test", input_context, 0, False)
+    else:
+        (columns, count), bad_files = columns, bad_files or BadFiles()
+        records = tf.data.Dataset.from_tensor_slices(columns)
+    made = records.enumerate().map(
+        lambda i, r: (i, (_eval_image(_image_of(r), image_size), r["label"], i)),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
     )
+    if columns is not None and "path" in columns:
+        first_pass = tf.constant(0, tf.int64)
+        made = _skipping_bad_files(made, columns["path"], 0, count, bad_files, first_pass)
+    else:
+        made = made.map(lambda i, example: example)
+    if not positions:
+        made = made.map(lambda images, labels, ids: (images, labels))
+    return made.batch(batch_size).prefetch(tf.data.AUTOTUNE)

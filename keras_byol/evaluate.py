@@ -35,7 +35,7 @@ flags.DEFINE_string(
 )
 flags.DEFINE_enum("protocol", "linear", list(PROTOCOLS), "linear | knn | finetune.")
 flags.DEFINE_float(
-    "label_fraction", 1.0, "Train on this balanced, seeded fraction of the labels (0.01, 0.1)."
+    "label_fraction", 1.0, "Train on this fixed, balanced fraction of the labels (0.01, 0.1)."
 )
 flags.register_validator(
     "label_fraction", lambda f: 0 < f <= 1, "--label_fraction must be in (0, 1]."
@@ -55,7 +55,7 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_integer("image_size", 0, "Image side; 0 = the encoder's input size.", lower_bound=0)
 flags.DEFINE_integer("k", 200, "knn: neighbours (weighted vote, temperature 0.1).", lower_bound=1)
-flags.DEFINE_integer("seed", 0, "Seeds the label subset, the classifier and the crops.")
+flags.DEFINE_integer("seed", 0, "Seeds the classifier and the crops (not the label subset).")
 flags.DEFINE_string(
     "workdir", "", "Where eval.json goes ('' = the run folder that holds the encoder)."
 )

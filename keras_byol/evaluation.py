@@ -1,8 +1,12 @@
 """Evaluation of the online encoder: linear probe, kNN, the spec's linear protocol,
 fine-tuning and label subsets (semi-supervised), and loading exported encoders.
 
-Images are float32 in [0, 1], (N, H, W, 3); labels int (N,) ≥ 0. Functions taking
-`train`/`test` accept (images, labels) arrays or `tf.data` datasets of such batches.
+Images are float32 in [0, 1], (N, H, W, 3); labels int (N,) ≥ 0. The protocols take
+sources (a tfds name, a folder or an `ImageFolder`, (images, labels) arrays) and stream them:
+features are computed batch by batch from `data.eval_dataset`, so a split of images is never
+held in memory (the k-NN bank and the precomputed-feature probe keep only the features).
+There is one linear classifier protocol (`linear_eval`, the spec's); `linear_probe` is its
+classifier on precomputed features and `linear_and_knn` its short variant.
 """
 
 import math
@@ -10,6 +14,14 @@ import os
 
 import keras
 import numpy as np
+
+# Similarities computed at once by the k-NN protocols (a (rows, bank) float32 block and its
+# argpartition): 16M values, ≈ 64 MB, so the bank size sets the rows per chunk.
+SIMILARITY_CHUNK = 2**24
+NO_LABELS = (
+    "Evaluation needs class labels for every train and test example; this source has none "
+    "(label −1). Use a labelled split or a folder with one subfolder per class."
+)
 
 
 def extract_features(encoder, images, batch_size=256):
@@ -20,6 +32,26 @@ def extract_features(encoder, images, batch_size=256):
     features = np.asarray(encoder.predict(images, batch_size=batch_size, verbose=0), np.float32)
     check_features(features)
     return features
+
+
+def features_and_labels(encoder, batches):
+    """(features (N, D) float32, labels (N,) int64, positions (N,) int64) of a dataset of
+    (images, labels[, positions]) batches, computed batch by batch (only features are kept).
+
+    Positions are the examples' ids (`data.eval_dataset(..., positions=True)`); without
+    them, the running index."""
+    features, labels, positions = [], [], []
+    for batch in batches:
+        features.append(np.asarray(encoder.predict_on_batch(np.asarray(batch[0])), np.float32))
+        labels.append(np.asarray(batch[1], np.int64))
+        if len(batch) > 2:
+            positions.append(np.asarray(batch[2], np.int64))
+    if not features:
+        raise ValueError("The evaluation data is empty: no batch to compute features of.")
+    features, labels = np.concatenate(features), np.concatenate(labels)
+    check_features(features)
+    positions = np.concatenate(positions) if positions else np.arange(len(labels))
+    return features, labels, positions
 
 
 def check_features(features):
@@ -117,36 +149,37 @@ def linear_probe(
     test_features,
     test_labels,
     *,
-    epochs=100,
+    epochs=90,
     batch_size=256,
     base_learning_rate=0.2,
     seed=0,
+    num_classes=None,
 ):
-    """Top-1 accuracy of a linear classifier on frozen features (the spec's optimizer).
+    """The linear protocol's classifier trained on precomputed frozen features.
 
-    Features are standardized with the training statistics; the classifier is trained with
-    SGD, Nesterov momentum 0.9, LR base × batch/256 with cosine decay, no weight decay.
+    A Dense layer trained with SGD, Nesterov momentum 0.9, LR base × batch/256 with cosine
+    decay, no weight decay, on the features (not standardized), reshuffled every epoch with
+    `seed`: what `linear_eval(augment=False)` runs.
 
     Returns:
-        float, top-1 accuracy on the test features.
+        {"top1": float, "top5": float} on the test features.
     """
     _check_labels(train_labels, test_labels)
-    mean, std = train_features.mean(0), train_features.std(0) + 1e-6
-    x_train, x_test = (train_features - mean) / std, (test_features - mean) / std
-    num_classes = int(max(train_labels.max(), test_labels.max())) + 1
+    if num_classes is None:
+        num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     keras.utils.set_random_seed(seed)
-    steps = epochs * math.ceil(len(x_train) / batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(base_learning_rate * batch_size / 256, steps)
-    classifier = keras.Sequential(
-        [keras.Input((x_train.shape[1],)), keras.layers.Dense(num_classes)]
+    dense = keras.layers.Dense(num_classes, name="classifier")
+    classifier = keras.Sequential([keras.Input((train_features.shape[1],)), dense])
+    return _fit_and_score(
+        classifier,
+        _batches(train_features, train_labels, batch_size, shuffle_seed=seed),
+        _batches(test_features, test_labels, batch_size),
+        epochs=epochs,
+        steps_per_epoch=math.ceil(len(train_labels) / batch_size),
+        batch_size=batch_size,
+        lr=base_learning_rate,
+        classes=num_classes,
     )
-    classifier.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=0.9, nesterov=True),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
-    classifier.fit(x_train, train_labels, batch_size=batch_size, epochs=epochs, verbose=0)
-    return float(classifier.evaluate(x_test, test_labels, verbose=0)[1])
 
 
 def knn_accuracy(
@@ -157,9 +190,12 @@ def knn_accuracy(
     *,
     k=20,
     temperature=None,
-    chunk_size=1024,
+    chunk_size=None,
 ):
     """Top-1 accuracy of a k-NN vote on cosine similarity, in chunks of test features.
+
+    `chunk_size`: test rows per chunk; None keeps each chunk's similarities to about
+    `SIMILARITY_CHUNK` values whatever the bank size (at most 1,024 rows).
 
     `temperature=None` gives a plain majority vote; a float weights each neighbour by
     exp(similarity / temperature) (the k=200, T=0.1 monitor of peers). Ties go to the lowest
@@ -169,6 +205,7 @@ def knn_accuracy(
     train, test = _unit_rows(train_features), _unit_rows(test_features)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
     correct = 0
+    chunk_size = chunk_size or _chunk_rows(len(train))
     for start in range(0, len(test), chunk_size):
         similarity = test[start : start + chunk_size] @ train.T
         neighbours = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
@@ -180,25 +217,36 @@ def knn_accuracy(
     return correct / len(test)
 
 
-def linear_and_knn(encoder, train, test, *, epochs=100, k=20, seed=0):
-    """Linear-probe and k-NN top-1 accuracy of a frozen encoder's features.
+def linear_and_knn(encoder, train, test, *, image_size=None, epochs=100, k=20, seed=0):
+    """The end-of-pretraining report, on features computed once: `linear_eval(augment=False)`
+    (the linear protocol's classifier on center-crop features, `linear_probe`) and
+    `knn_eval(k=k, temperature=None)` (a majority vote).
 
     Args:
-        encoder: a Keras model (B, H, W, 3) float [0, 1] → (B, D).
-        train, test: (images (N, H, W, 3) float32 in [0, 1], labels (N,) int) tuples.
-        epochs: linear-probe epochs; k: neighbours of the majority vote.
+        encoder: a Keras model (B, S, S, 3) float [0, 1] → (B, D).
+        train, test: labelled sources (see `linear_eval`; tfds: the train and test splits),
+            e.g. (images, labels) tuples.
+        image_size: S (default: the encoder's input size).
+        epochs: linear-classifier epochs; k: neighbours of the majority vote.
 
     Returns:
-        {"linear": float, f"knn{k}": float}.
+        {"linear": top-1, f"knn{k}": top-1}.
     """
-    train_features = extract_features(encoder, train[0])
-    test_features = extract_features(encoder, test[0])
-    return {
-        "linear": linear_probe(
-            train_features, train[1], test_features, test[1], epochs=epochs, seed=seed
-        ),
-        f"knn{k}": knn_accuracy(train_features, train[1], test_features, test[1], k=k),
-    }
+    image_size = image_size or int(encoder.inputs[0].shape[1])
+    setup = _setup(train, test, None, "train")
+    batches = _eval_batches(setup["train"], image_size, "train")
+    train_x, train_y, _ = features_and_labels(encoder, batches)
+    test_x, test_y, _ = features_and_labels(encoder, _test_batches(setup, image_size, "test", 256))
+    linear = linear_probe(
+        train_x, train_y, test_x, test_y, epochs=epochs, seed=seed, num_classes=setup["classes"]
+    )
+    knn = knn_accuracy(train_x, train_y, test_x, test_y, k=min(k, len(train_y)), temperature=None)
+    return {"linear": linear["top1"], f"knn{k}": knn}
+
+
+def _chunk_rows(bank_rows):
+    """Query rows per chunk so that a chunk's similarities hold ≈ SIMILARITY_CHUNK values."""
+    return max(1, min(1024, SIMILARITY_CHUNK // max(bank_rows, 1)))
 
 
 def _unit_rows(features):
@@ -206,7 +254,7 @@ def _unit_rows(features):
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def nearest_neighbors(query_features, bank_features, k=5, *, chunk_size=1024):
+def nearest_neighbors(query_features, bank_features, k=5, *, chunk_size=None):
     """Indices (Q, k) of the k most cosine-similar bank rows for each query, best first.
 
     Args:
@@ -224,6 +272,7 @@ def nearest_neighbors(query_features, bank_features, k=5, *, chunk_size=1024):
     if not 1 <= k <= len(bank):
         raise ValueError(f"k must be in [1, {len(bank)}] (the bank size); got {k}.")
     indices, similarities = [], []
+    chunk_size = chunk_size or _chunk_rows(len(bank))
     for start in range(0, len(query), chunk_size):
         similarity = query[start : start + chunk_size] @ bank.T
         top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
@@ -240,10 +289,7 @@ def _check_labels(train_labels, test_labels):
         or len(test_labels) == 0
         or min(train_labels.min(), test_labels.min()) < 0
     ):
-        raise ValueError(
-            "Evaluation needs class labels for every train and test example; this source has "
-            "none (label −1). Use a labelled split or a folder with one subfolder per class."
-        )
+        raise ValueError(NO_LABELS)
 
 
 # ------------------------------------------------------------------ classifier protocols
@@ -285,71 +331,84 @@ def _fit_and_score(model, train, test, *, epochs, steps_per_epoch, batch_size, l
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=_classification_metrics(classes),
     )
-    model.fit(train, epochs=epochs, verbose=0)
+    # Repeated, with the steps of an epoch given: Keras reads a stream of unknown length
+    # (a filtered subset, a folder) from one iterator and would stop it after one epoch.
+    model.fit(train.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0)
     scores = model.evaluate(test, verbose=0, return_dict=True)
     return {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
 
 
-def _images_and_labels(source, image_size, split, batch_size=256, class_names=None):
-    """Center-cropped (or resized) evaluation images and labels of `source`, in memory."""
-    from keras_byol import data
-
-    batches = list(
-        data.eval_dataset(
-            source,
-            batch_size=batch_size,
-            image_size=image_size,
-            split=split,
-            class_names=class_names,
-        )
-    )
-    images = np.concatenate([b[0].numpy() for b in batches])
-    labels = np.concatenate([b[1].numpy() for b in batches])
-    return images, labels
-
-
-def _test_images_and_labels(train_source, test_source, image_size, split):
-    """`_images_and_labels` of the test source; a test folder is labelled with the training
-    folder's class list (a test class the training folder lacks is an error)."""
+def _listed(train_source, test_source):
+    """The sources with folders listed once (a test folder with the training classes)."""
     from keras_byol import data
 
     class_names = None
-    if isinstance(train_source, (str, os.PathLike)) and data.is_folder(train_source):
-        class_names = data.folder_class_names(os.fspath(train_source))
-    return _images_and_labels(test_source, image_size, split, class_names=class_names)
+    if data.is_folder(train_source):
+        train_source = data.list_image_folder(train_source)
+        class_names = train_source.class_names
+    if data.is_folder(test_source):
+        test_source = data.list_image_folder(test_source, class_names)
+    return train_source, test_source
 
 
-def _subset(labels, label_fraction, seed):
-    if label_fraction is None or label_fraction == 1.0:
-        return None
-    return label_subset(labels, label_fraction, seed)
+def _eval_batches(source, image_size, split, batch_size=256, subset=None):
+    """`data.eval_dataset` batches with positions, only those in `subset` when given."""
+    import tensorflow as tf
 
-
-def _setup(train_source, test_source, image_size, label_fraction, seed, train_split, test_split):
-    """What every classifier protocol needs: labels checked, the subset, the test images."""
     from keras_byol import data
 
+    batches = data.eval_dataset(
+        source, batch_size=batch_size, image_size=image_size, split=split, positions=True
+    )
+    if subset is None:
+        return batches
+    keys = tf.constant(np.asarray(subset, np.int64))
+    keep = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys)), default_value=0
+    )
+    return batches.unbatch().filter(lambda x, y, i: keep.lookup(i) > 0).batch(batch_size)
+
+
+def _subset(labels, label_fraction):
+    """The label subset's positions: one fixed subset for every seed and read order."""
+    if label_fraction is None or label_fraction == 1.0:
+        return None
+    return label_subset(labels, label_fraction, seed=0)
+
+
+def _setup(train_source, test_source, label_fraction, train_split):
+    """What every classifier protocol needs: folders listed once, labels checked, the subset."""
+    from keras_byol import data
+
+    train_source, test_source = _listed(train_source, test_source)
     labels = data.labels_of(train_source, train_split)
     _check_labels(labels, labels)
-    subset = _subset(labels, label_fraction, seed)
-    test_images, test_labels = _test_images_and_labels(
-        train_source, test_source, image_size, test_split
-    )
-    _check_labels(labels, test_labels)
+    subset = _subset(labels, label_fraction)
     return {
+        "train": train_source,
+        "test": test_source,
         "classes": data.num_classes(train_source),
         "subset": subset,
         "examples": len(labels) if subset is None else len(subset),
-        "test": (test_images, test_labels),
     }
 
 
-def _augmented_train(train_source, setup, *, batch_size, image_size, seed, split):
+def _test_batches(setup, image_size, split, batch_size):
+    """(images, labels) batches of the test source (streamed; labels checked first)."""
+    from keras_byol import data
+
+    if data.num_classes(setup["test"]) is None:
+        raise ValueError(NO_LABELS)
+    batches = _eval_batches(setup["test"], image_size, split, batch_size)
+    return batches.map(lambda x, y, i: (x, y))
+
+
+def _augmented_train(setup, *, batch_size, image_size, seed, split):
     """Random resized crop + flip batches of the (subset of the) training examples."""
     from keras_byol import data
 
     return data.labelled_train_dataset(
-        train_source, batch_size=batch_size, image_size=image_size, split=split, seed=seed,
+        setup["train"], batch_size=batch_size, image_size=image_size, split=split, seed=seed,
         indices=setup["subset"], shuffle_buffer=min(setup["examples"], 50_000),
     )  # fmt: skip
 
@@ -376,52 +435,53 @@ def linear_eval(
     SGD, Nesterov momentum 0.9, LR base × batch/256, cosine decay, no weight decay, on
     random resized crops + flips (`augment=True`); test images are center-cropped (0.875)
     or, for small images, resized. With `augment=False` the training images are the test
-    preprocessing; then `precompute=True` (the fast path) computes the features once and
-    trains the classifier on them, which gives the result of the full model up to float
-    error.
+    preprocessing; then `precompute=True` (the fast path) computes the features once, batch
+    by batch, and trains the classifier on them (`linear_probe`), which gives the result of
+    the full model up to float error; `precompute=False` streams the images through the
+    frozen encoder every epoch, shuffled within 1,024 examples (all of them, in the fast
+    path's order, for up to 1,024 training examples).
 
     Args:
         encoder: a Keras model images (B, S, S, 3) in [0, 1] → (B, D) (`load_encoder`).
         train_source, test_source: labelled sources as in `data.pretrain_dataset` (tfds name,
             folder, or (images, labels) arrays).
-        label_fraction: train on a fixed, balanced, seeded fraction of the labels.
+        label_fraction: train on a fixed, class-balanced fraction of the labels: the same
+            examples for every seed (`label_subset` with seed 0 over the examples' ids).
 
     Returns:
         {"top1": float, "top5": float, "train_examples": int}.
     """
-    setup = _setup(
-        train_source, test_source, image_size, label_fraction, seed, train_split, test_split
-    )
+    setup = _setup(train_source, test_source, label_fraction, train_split)
     classes, examples = setup["classes"], setup["examples"]
-    test_images, test_labels = setup["test"]
     was_trainable = encoder.trainable
     run = dict(epochs=epochs, steps_per_epoch=math.ceil(examples / batch_size),
                batch_size=batch_size, lr=base_learning_rate, classes=classes)  # fmt: skip
+    test = _test_batches(setup, image_size, test_split, batch_size)
     if augment:
         train = _augmented_train(
-            train_source, setup, batch_size=batch_size, image_size=image_size, seed=seed,
-            split=train_split,
-        )  # fmt: skip
+            setup, batch_size=batch_size, image_size=image_size, seed=seed, split=train_split
+        )
         model = _classifier(encoder, classes, seed, trainable=False)
-        result = _fit_and_score(model, train, _batches(test_images, test_labels, batch_size), **run)
+        result = _fit_and_score(model, train, test, **run)
+    elif precompute:
+        batches = _eval_batches(setup["train"], image_size, train_split, subset=setup["subset"])
+        train_x, labels, _ = features_and_labels(encoder, batches)
+        test_x, test_labels, _ = features_and_labels(encoder, test)
+        result = linear_probe(
+            train_x, labels, test_x, test_labels, epochs=epochs, batch_size=batch_size,
+            base_learning_rate=base_learning_rate, seed=seed, num_classes=classes,
+        )  # fmt: skip
+        examples = len(labels)
     else:
-        images, labels = _images_and_labels(train_source, image_size, train_split)
-        if setup["subset"] is not None:
-            images, labels = images[setup["subset"]], labels[setup["subset"]]
-        if precompute:
-            train_x, test_x = (
-                extract_features(encoder, images),
-                extract_features(encoder, test_images),
-            )
-            keras.utils.set_random_seed(seed)
-            model = keras.Sequential(
-                [keras.Input((train_x.shape[1],)), keras.layers.Dense(classes, name="classifier")]
-            )
-        else:
-            train_x, test_x = images, test_images
-            model = _classifier(encoder, classes, seed, trainable=False)
-        train = _batches(train_x, labels, batch_size, shuffle_seed=seed)
-        result = _fit_and_score(model, train, _batches(test_x, test_labels, batch_size), **run)
+        model = _classifier(encoder, classes, seed, trainable=False)  # seeds, then the order
+        train = (
+            _eval_batches(setup["train"], image_size, train_split, subset=setup["subset"])
+            .unbatch()
+            .map(lambda x, y, i: (x, y))
+            .shuffle(min(examples, 1024), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size)
+        )
+        result = _fit_and_score(model, train, test, **run)
     encoder.trainable = was_trainable
     return {**result, "train_examples": int(examples)}
 
@@ -457,19 +517,16 @@ def fine_tune(
             "Fine-tuning needs the Keras encoder: pass WORKDIR/byol.keras (a SavedModel runs "
             "BatchNorm in inference mode only)."
         )
-    setup = _setup(
-        train_source, test_source, image_size, label_fraction, seed, train_split, test_split
-    )
+    setup = _setup(train_source, test_source, label_fraction, train_split)
     copy = keras.models.clone_model(encoder)
     copy.set_weights(encoder.get_weights())
     train = _augmented_train(
-        train_source, setup, batch_size=batch_size, image_size=image_size, seed=seed,
-        split=train_split,
-    )  # fmt: skip
+        setup, batch_size=batch_size, image_size=image_size, seed=seed, split=train_split
+    )
     result = _fit_and_score(
         _classifier(copy, setup["classes"], seed, trainable=True),
         train,
-        _batches(*setup["test"], batch_size),
+        _test_batches(setup, image_size, test_split, batch_size),
         epochs=epochs,
         steps_per_epoch=math.ceil(setup["examples"] / batch_size),
         batch_size=batch_size,
@@ -494,24 +551,19 @@ def knn_eval(
 ):
     """Weighted k-NN (cosine, k = 200, T = 0.1) top-1 of the frozen encoder's features.
 
+    The feature bank is computed batch by batch (only the (N, D) float32 features are kept);
+    the similarities in chunks of test features. `temperature=None`: a plain majority vote.
+
     Returns:
         {"top1": float, "k": int, "temperature": float, "train_examples": int}.
     """
-    images, labels = _images_and_labels(train_source, image_size, train_split)
-    _check_labels(labels, labels)
-    subset = _subset(labels, label_fraction, seed)
-    if subset is not None:
-        images, labels = images[subset], labels[subset]
-    test_images, test_labels = _test_images_and_labels(
-        train_source, test_source, image_size, test_split
+    del seed  # the subset is the same for every seed; k-NN has no other randomness
+    setup = _setup(train_source, test_source, label_fraction, train_split)
+    batches = _eval_batches(setup["train"], image_size, train_split, subset=setup["subset"])
+    features, labels, _ = features_and_labels(encoder, batches)
+    test_features, test_labels, _ = features_and_labels(
+        encoder, _test_batches(setup, image_size, test_split, 256)
     )
     k = min(k, len(labels))
-    top1 = knn_accuracy(
-        extract_features(encoder, images),
-        labels,
-        extract_features(encoder, test_images),
-        test_labels,
-        k=k,
-        temperature=temperature,
-    )
+    top1 = knn_accuracy(features, labels, test_features, test_labels, k=k, temperature=temperature)
     return {"top1": top1, "k": k, "temperature": temperature, "train_examples": len(labels)}

@@ -21,6 +21,7 @@ from keras_byol.schedules import CosineTargetDecay, WarmupCosine
 
 CHECKPOINT = os.path.join("checkpoint", "byol.keras")
 CONFIG_FILE = "config.json"
+SKIPPED_FILES = "skipped_files.txt"
 BUNDLED_MNIST = "bundled:mnist"
 
 
@@ -55,15 +56,16 @@ def _sources(config):
         train, test = bundled_mnist(config.image_size, config.seed)
         return train, (train, test)
     if os.path.isdir(config.dataset):
-        return config.dataset, None  # a folder: labels may exist, but there is no test split
+        # Listed once per run; labels may exist, but there is no test split.
+        return data.list_image_folder(config.dataset), None
     return config.dataset, (config.dataset, config.dataset)
 
 
-def _num_classes(config):
+def _num_classes(config, source):
     """Classes of the pretraining source's labels (for the online probe), or None."""
     if config.dataset == BUNDLED_MNIST:
         return 10
-    return data.num_classes(config.dataset)
+    return data.num_classes(source)
 
 
 def _view_configs(config):
@@ -72,7 +74,7 @@ def _view_configs(config):
     return augment.BYOL_VIEW1, augment.BYOL_VIEW2
 
 
-def _pretrain_data(config, source, strategy, start_step=0):
+def _pretrain_data(config, source, strategy, start_step=0, bad_files=None):
     """(distributed stream of batches from optimizer step `start_step` on, steps per epoch).
 
     Each input pipeline (one per worker) reads its own shard with per-replica batches and
@@ -100,6 +102,7 @@ def _pretrain_data(config, source, strategy, start_step=0):
             view2=view2,
             input_context=input_context,
             start_batch=start_step * replicas_per_pipeline,
+            bad_files=bad_files,
         )
         batches_per_epoch.append((batches_per_pass or -1) // replicas_per_pipeline)
         return dataset
@@ -349,12 +352,15 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
     distribute.check_workers_see_the_same_checkpoint(strategy, checkpoint_path)
     with strategy.scope():
         # The schedules are planned once the data's length is known (below).
-        model = build_model(config, None, _num_classes(config), config.sync_batchnorm)
+        model = build_model(config, None, _num_classes(config, source), config.sync_batchnorm)
         if resuming:
             model.optimizer.build(model.trainable_variables)
             _load_checkpoint(model, checkpoint_path)
     step = steps_done(model)
-    dataset, steps_per_epoch = _pretrain_data(config, source, strategy, step)
+    # Files a folder source cannot decode: skipped, warned about once per pass, and listed
+    # once each in WORKDIR/skipped_files.txt (by the chief).
+    bad_files = data.BadFiles(os.path.join(workdir, SKIPPED_FILES) if chief else None)
+    dataset, steps_per_epoch = _pretrain_data(config, source, strategy, step, bad_files)
     _check_data_length(run if resuming else None, steps_per_epoch, workdir)
     plan_schedules(model, config, steps_per_epoch)
     total_steps = config.epochs * steps_per_epoch
@@ -384,7 +390,7 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
         # An epoch cut by a step checkpoint is finished first, then whole epochs follow.
         epoch, into_epoch = divmod(step, steps_per_epoch)
         if dataset is None:
-            dataset, _ = _pretrain_data(config, source, strategy, step)
+            dataset, _ = _pretrain_data(config, source, strategy, step, bad_files)
         with _input_errors_explained(config, model, checkpoint_path):
             fitted = model.fit(
                 dataset,
@@ -452,6 +458,13 @@ def _input_errors_explained(config, model, checkpoint_path):
 
     try:
         yield
+    except tf.errors.InvalidArgumentError as error:
+        if data.NO_READABLE_IMAGE not in str(error.message):
+            raise
+        raise ValueError(
+            f"{config.dataset!r}: {data.NO_READABLE_IMAGE} (batch size {config.batch_size}); "
+            "each file skipped is named in the warnings above. Replace or remove them."
+        ) from None
     except (
         tf.errors.NotFoundError,
         tf.errors.PermissionDeniedError,
@@ -479,35 +492,27 @@ def single_device_encoder(config, encoder):
 
 
 def evaluate_against_random(config, encoder, eval_sources):
-    """Linear-probe and 20-NN accuracy of `encoder` and of the same encoder, random weights."""
+    """The linear protocol on precomputed center-crop features (`linear_eval(augment=False)`)
+    and the 20-NN majority vote (`knn_eval`) of `encoder` and of the same encoder with random
+    weights; keys name the protocol ("byol_linear_center_crop", "byol_knn20", "random_…")."""
     train_source, test_source = eval_sources
-    size = config.image_size
-    if isinstance(train_source, tuple):
-        train = (train_source[0].astype(np.float32) / 255.0, train_source[1])
-        test = (test_source[0].astype(np.float32) / 255.0, test_source[1])
-    else:
-        train = _arrays(
-            data.eval_dataset(train_source, batch_size=256, image_size=size, split="train")
-        )
-        test = _arrays(
-            data.eval_dataset(test_source, batch_size=256, image_size=size, split="test")
-        )
+    if isinstance(train_source, tuple):  # the bundled digits: uint8 arrays
+        train_source = (train_source[0].astype(np.float32) / 255.0, train_source[1])
+        test_source = (test_source[0].astype(np.float32) / 255.0, test_source[1])
     keras.utils.set_random_seed(config.seed)
     results = {}
     for name, net in (("byol", encoder), ("random", build_encoder(config))):
-        scores = evaluation.linear_and_knn(net, train, test, epochs=config.eval_epochs)
-        results[f"{name}_linear"] = round(scores["linear"], 4)
+        scores = evaluation.linear_and_knn(
+            net, train_source, test_source, image_size=config.image_size,
+            epochs=config.eval_epochs, seed=config.seed,
+        )  # fmt: skip
+        results[f"{name}_linear_center_crop"] = round(scores["linear"], 4)
         results[f"{name}_knn20"] = round(scores["knn20"], 4)
     print(
-        "Linear probe / 20-NN accuracy on held-out images: "
-        f"BYOL {results['byol_linear']:.4f} / {results['byol_knn20']:.4f}, "
-        f"same encoder with random weights {results['random_linear']:.4f} / "
+        "Linear protocol (center-crop features) / 20-NN accuracy on held-out images: "
+        f"BYOL {results['byol_linear_center_crop']:.4f} / {results['byol_knn20']:.4f}, "
+        f"same encoder with random weights {results['random_linear_center_crop']:.4f} / "
         f"{results['random_knn20']:.4f}",
         flush=True,
     )
     return results
-
-
-def _arrays(dataset):
-    images, labels = zip(*((x.numpy(), y.numpy()) for x, y in dataset))
-    return np.concatenate(images), np.concatenate(labels)

@@ -37,8 +37,8 @@ def digit_folder(tmp_path_factory, digits):
     )
     (root / "class_0" / "rgba.png").write_bytes(tf.io.encode_png(rgba).numpy())
     (root / "class_0" / "tiny.png").write_bytes(tf.io.encode_png(images[31][:2, :2, None]).numpy())
-    bad = root / "class_1"
-    bad.mkdir(exist_ok=True)
+    bad = root / "class_1" / "scans" / "2019"  # deep inside
+    bad.mkdir(parents=True, exist_ok=True)
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "notes.png").write_text("not an image at all")
     jpeg = tf.io.encode_jpeg(np.repeat(images[32][..., None], 3, -1)).numpy()
@@ -76,26 +76,42 @@ def test_arrays_with_labels_and_float_input(digits):
     assert set(np.unique(batch["label"])) <= set(range(10))
 
 
-def test_folder_pipeline_skips_bad_files_with_one_warning(digit_folder, caplog):
+def test_folder_bad_files_are_skipped_where_read_and_named_once(digit_folder, tmp_path, caplog):
+    log = tmp_path / "skipped_files.txt"
+    bad_files = data.BadFiles(str(log))
     with caplog.at_level(logging.WARNING, logger="keras_byol"):
-        ds = data.pretrain_dataset(str(digit_folder), batch_size=1, image_size=16, seed=0)
+        ds = data.pretrain_dataset(
+            str(digit_folder), batch_size=1, image_size=16, seed=0, bad_files=bad_files
+        )
+        assert not caplog.records  # listing opens no file
+        epochs = [list(ds), list(ds)]
     warnings = [r.getMessage() for r in caplog.records if r.name == "keras_byol"]
-    assert len(warnings) == 1
-    assert "Skipped 3 unreadable" in warnings[0]
+    assert len(warnings) == 2  # one per pass
+    assert "Skipped 3 unreadable" in warnings[0] and "(26 images used)" in warnings[0]
     for name, reason in [
         ("empty.jpg", "empty file"),
         ("notes.png", "not a JPEG"),
         ("truncated.jpg", "corrupt"),
     ]:
-        assert name in warnings[0] and reason in warnings[0]
-    batches = list(ds)
-    assert len(batches) == 24 + 2  # every good digit, the RGBA and the 2×2 image
-    labels = sorted(int(b["label"][0]) for b in batches)
-    assert min(labels) >= 0  # labels from the class folders
-    paths, folder_labels, names = data._list_image_folder(str(digit_folder))
-    assert names == sorted(names) and all(
-        names[label].startswith("class_") for label in folder_labels
-    )
+        assert f"{name} ({reason}" in warnings[0] and name not in warnings[1]
+    assert "Skipped 3 unreadable" in warnings[1] and "the 3 named before" in warnings[1]
+    lines = log.read_text().splitlines()
+    assert len(lines) == 3 and {line.split("/")[-1].split("\t")[0] for line in lines} == {
+        "empty.jpg", "notes.png", "truncated.jpg"
+    }  # fmt: skip
+    assert bad_files.passes == [3, 3]
+    for batches in epochs:
+        assert len(batches) == 29  # one example per listed file: the stream keeps positions
+        distinct = {b["view1"].numpy().tobytes() for b in batches}
+        assert len(distinct) == 24 + 2  # every good digit, the RGBA and the 2×2 image; the
+        # places of the 3 bad files are taken by copies of the next readable example
+        labels = sorted(int(b["label"][0]) for b in batches)
+        assert min(labels) >= 0  # labels from the class folders
+    folder = data.list_image_folder(str(digit_folder))
+    assert len(folder.paths) == 29 and folder.class_names == sorted(folder.class_names)
+    assert all(folder.class_names[label].startswith("class_") for label in folder.labels)
+    again = data.BadFiles(str(log))  # a resumed run: the files in the log are not named again
+    assert set(again.skipped) == set(bad_files.skipped)
 
 
 def test_folder_errors_name_the_path(tmp_path):
@@ -105,8 +121,8 @@ def test_folder_errors_name_the_path(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         data.pretrain_dataset(str(missing), batch_size=1, image_size=8)
     (tmp_path / "bad.jpg").write_bytes(b"")
-    with pytest.raises(ValueError, match="no readable image"):
-        data.pretrain_dataset(str(tmp_path), batch_size=1, image_size=8)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=data.NO_READABLE_IMAGE):
+        list(data.pretrain_dataset(str(tmp_path), batch_size=1, image_size=8))
 
 
 def test_bad_arguments(digits):
@@ -242,7 +258,7 @@ def test_stream_from_a_later_batch_is_the_rest_of_the_stream(kind, digits, digit
         source = sources.get(kind, "cifar10")
         tf.random.set_seed(1)
         stream, per_pass = _stream_batches(source, 0, 12)
-        assert per_pass == (6 if kind == "folder" else 5)  # the folder has 26 readable images
+        assert per_pass == (7 if kind == "folder" else 5)  # the folder lists 29 files, 3 bad
         tf.random.set_seed(2)
         resumed, _ = _stream_batches(source, 7, 5)
     for expected, actual in zip(stream[7:], resumed):
@@ -263,3 +279,22 @@ def test_a_repeated_dataset_is_the_stream_and_each_epoch_is_a_new_pass(digits):
     stream, _ = data.pretrain_stream(images[:16], **arguments)
     for a, b in zip(repeated.take(6), stream.take(6)):
         np.testing.assert_array_equal(a["view1"].numpy(), b["view1"].numpy())
+
+
+def test_skipped_files_are_filled_by_the_example_before_them_and_counted(tmp_path):
+    """Positions 0–9 with 0, 1, 4, 6, 7, 8 unreadable: the stream keeps 10 examples."""
+    paths = []
+    for i in range(10):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        open(paths[-1], "wb").close()  # empty: what BadFiles is told the reason of
+    readable = [2, 3, 5, 9]
+    made = tf.data.Dataset.from_tensor_slices(np.array(readable, np.int64)).map(
+        lambda i: (i, {"value": i * 10})
+    )
+    for fill, expected in ((True, [2, 2, 2, 3, 3, 5, 5, 5, 5, 9]), (False, readable)):
+        bad_files = data.BadFiles()
+        kept = data._skipping_bad_files(
+            made, np.array(paths), 0, 10, bad_files, tf.constant(7, tf.int64), fill=fill
+        )
+        assert [int(e["value"]) // 10 for e in kept] == expected
+        assert bad_files.passes == [6] and len(bad_files.skipped) == 6

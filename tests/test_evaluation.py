@@ -43,12 +43,12 @@ def test_linear_probe_separates_separable_classes():
     features = centers[labels] + rng.standard_normal((300, 16))
     accuracy = evaluation.linear_probe(
         features[:200], labels[:200], features[200:], labels[200:], epochs=20
-    )
+    )["top1"]
     assert accuracy > 0.95
     shuffled = rng.permutation(labels[:200])
     chance = evaluation.linear_probe(
         features[:200], shuffled, features[200:], labels[200:], epochs=20
-    )
+    )["top1"]
     assert chance < 0.6
 
 

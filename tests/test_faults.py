@@ -372,7 +372,8 @@ def test_links_odd_names_and_other_types_in_a_folder(tmp_path, caplog):
     Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(root / "cat" / "scan.tiff")
     Image.fromarray(np.full((20, 20, 3), 90, np.uint8)).save(root / "cat" / "web.webp")
     with caplog.at_level("WARNING", logger="keras_byol"):
-        paths, labels, classes = data._list_image_folder(str(root))
+        folder = data.list_image_folder(str(root))
+    paths, labels, classes = list(folder.paths), list(folder.labels), folder.class_names
     assert classes == ["cat", "dog"] and sorted(labels) == [0, 0, 0, 1, 1, 1]
     assert odd in paths and any(p.endswith(b"web.webp") for p in paths)
     assert "scan.tiff" in caplog.text and ".tiff" in caplog.text
