@@ -333,7 +333,9 @@ def _fit_and_score(model, train, test, *, epochs, steps_per_epoch, batch_size, l
     )
     # Repeated, with the steps of an epoch given: Keras reads a stream of unknown length
     # (a filtered subset, a folder) from one iterator and would stop it after one epoch.
-    model.fit(train.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch, verbose=0)
+    model.fit(
+        train.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0
+    )  # shuffled by the dataset itself
     scores = model.evaluate(test, verbose=0, return_dict=True)
     return {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
 

@@ -114,7 +114,7 @@ def test_cli_end_to_end_on_smoke_config_then_rerun_resumes(tmp_path):
         and "projection_std" in result.stdout
     )
     assert "probe_accuracy" in result.stdout  # the bundled digits have labels
-    assert "Linear probe / 20-NN accuracy" in result.stdout
+    assert "Linear protocol (center-crop features) / 20-NN accuracy" in result.stdout
     for name in (
         "config.json",
         "byol.keras",
