@@ -331,8 +331,9 @@ def _fit_and_score(model, train, test, *, epochs, steps_per_epoch, batch_size, l
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=_classification_metrics(classes),
     )
-    # Repeated, with the steps of an epoch given: Keras reads a stream of unknown length
-    # (a filtered subset, a folder) from one iterator and would stop it after one epoch.
+    # Repeated, with the steps of an epoch given: on a stream of unknown length (a filtered
+    # subset, a folder) Keras otherwise finds each epoch's end by running out of data, warns,
+    # and steps past the schedule's planned end.
     model.fit(
         train.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0
     )  # shuffled by the dataset itself
