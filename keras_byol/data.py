@@ -168,7 +168,7 @@ def labels_of(source, split="train"):
         return np.full(len(source), -1, np.int64)
     if is_folder(source):
         return list_image_folder(source).labels
-    records, _ = _records(source, split, None, seed=0, shuffle_files=False)
+    records = _records(source, split, seed=0)
     return np.fromiter(
         records.map(lambda r: r["label"]).batch(4096).unbatch().as_numpy_iterator(), np.int64
     )
@@ -444,20 +444,14 @@ def _tfds_source_records(source, split, input_context, seed, shuffle_files=True)
     return _tfds_records(source, split, input_context, seed, shuffle_files)
 
 
-def _records(source, split, input_context, seed, class_names=None, shuffle_files=True):
-    """(records {"image": encoded bytes or decoded image, "label": int64}, count or None)."""
-    columns = _columns(source, input_context, class_names)
+def _records(source, split, seed):
+    """{"image": encoded bytes or decoded image, "label": int64} records of an array source,
+    or of a tfds split read in its files' order (positions in it are example ids); folders
+    are read by their own pipelines."""
+    columns = _columns(source, None)
     if columns is None:
-        records = _tfds_source_records(source, split, input_context, seed, shuffle_files)
-        return records, None
-    columns, count = columns
-    records = tf.data.Dataset.from_tensor_slices(columns)
-    if "path" in columns:
-        records = records.map(
-            lambda r: {"image": _image_of(r), "label": r["label"]},
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
-    return records, count
+        return _tfds_source_records(source, split, None, seed, shuffle_files=False)
+    return tf.data.Dataset.from_tensor_slices(columns[0])
 
 
 # --------------------------------------------------------------------------- decoding
@@ -719,7 +713,8 @@ def pretrain_stream(
     decoded (a folder's files are read after the skip; a tfds source reads and drops the
     records of the pass being resumed). Each pass drops its incomplete last batch. A folder's
     file that cannot be decoded is skipped and its place in the pass taken by a copy of the
-    next readable example, so positions (and resuming) stay exact.
+    readable example before it (after it at the start of a pass), so positions (and
+    resuming) stay exact.
 
     Args:
         source, batch_size, image_size, split, shuffle_buffer, seed, augment_on, view1,
@@ -809,7 +804,7 @@ def labelled_train_dataset(
             .prefetch(tf.data.AUTOTUNE)
         )
     # Files in their order, so that `indices` are the positions `labels_of` gives.
-    records, _ = _records(source, split, None, seed, shuffle_files=False)
+    records = _records(source, split, seed)
     if indices is not None:
         keys = tf.constant(np.asarray(indices, np.int64))
         keep = tf.lookup.StaticHashTable(
