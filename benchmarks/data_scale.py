@@ -10,6 +10,9 @@ RSS is its own, prints JSON lines:
   - "evaluation": `evaluation.knn_eval` with a small conv encoder on the largest folder as
     the training split and the smallest as the test split (--eval-size px): seconds and
     peak RSS, beside the bytes the training split's images would take held in memory.
+  - "tfds", with --tfds N: the N-image folder written as a tensorflow-datasets data set
+    (16 TFRecord files under ROOT/tfds), then seconds to the first pretraining batch,
+    views/s and peak RSS, read deterministically (seed=0) and in any order (seed=None).
 --code points at another checkout of keras_byol (e.g. `git worktree add /tmp/before REV`)
 to measure it on the same folders; the "evaluation" line of a checkout that holds the
 split in memory needs a split that fits: give --eval-sizes for it.
@@ -94,6 +97,86 @@ def child_pipeline(args):
     }
 
 
+def tfds_builder_class():
+    """A tfds builder of the JPEGs of a --folder (defined on use: tfds registers it)."""
+    import tensorflow_datasets as tfds
+
+    class ByolScaleJpegs(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        folder = None
+
+        def _info(self):
+            features = {
+                "image": tfds.features.Image(encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(num_classes=CLASSES),
+            }
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(features)
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            for label, name in enumerate(sorted(os.listdir(self.folder))):
+                for file in sorted(os.listdir(os.path.join(self.folder, name))):
+                    yield file, {"image": os.path.join(self.folder, name, file), "label": label}
+
+    return ByolScaleJpegs
+
+
+def write_tfds(root, folder):
+    """The folder as tfds data set byol_scale_jpegs in ROOT/tfds/COUNT (written once)."""
+    import tensorflow_datasets as tfds
+
+    data_dir = os.path.join(root, "tfds", os.path.basename(folder))
+    builder_class = tfds_builder_class()
+    builder_class.folder = folder
+    builder = builder_class(data_dir=data_dir)
+    started = time.perf_counter()
+    if not builder.is_prepared():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(num_shards=16))
+    return data_dir, time.perf_counter() - started
+
+
+def child_tfds(args):
+    import tensorflow_datasets as tfds
+
+    from keras_byol import data
+
+    tfds_builder_class()  # registers the name
+    tfds.core.add_data_dir(args.folder)
+    result = {}
+    for label, seed in (("seed0", 0), ("any_order", None)):
+        if (
+            seed is None
+            and args.code != str(ROOT)
+            and "seed=None" not in Path(args.code, "keras_byol", "data.py").read_text()
+        ):
+            continue  # a checkout without non-deterministic reads
+        started = time.perf_counter()
+        iterator = iter(
+            data.pretrain_dataset(
+                "byol_scale_jpegs",
+                batch_size=args.batch,
+                image_size=args.image_size,
+                seed=seed,
+                repeat=True,
+            )
+        )
+        next(iterator)["view1"].numpy()
+        first_batch = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(args.batches):
+            next(iterator)["view1"].numpy()
+        views_per_s = args.batches * args.batch / (time.perf_counter() - started)
+        result[label] = {
+            "first_batch_s": round(first_batch, 2),
+            "views_per_s": round(views_per_s, 1),
+        }
+    return {**result, "peak_rss_mib": _peak_rss_mib()}
+
+
 def child_evaluation(args):
     import keras
 
@@ -142,6 +225,7 @@ def main():
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batches", type=int, default=50)
     parser.add_argument("--eval-size", type=int, default=96)
+    parser.add_argument("--tfds", type=int, default=None, help="N of the tfds measurement")
     parser.add_argument("--skip-pipeline", action="store_true")
     parser.add_argument("--skip-evaluation", action="store_true")
     parser.add_argument("--child", default=None)
@@ -149,7 +233,7 @@ def main():
     parser.add_argument("--test-folder", default=None)
     args = parser.parse_args()
     if args.child:
-        work = child_pipeline if args.child == "pipeline" else child_evaluation
+        work = {"pipeline": child_pipeline, "tfds": child_tfds}.get(args.child, child_evaluation)
         print(json.dumps(work(args)))
         return
 
@@ -164,6 +248,13 @@ def main():
         folders[count], seconds = write_folder(args.root, count)
         print(json.dumps({"folder": folders[count], "images": count, "write_s": round(seconds, 1)}))
     code = "this checkout" if args.code == str(ROOT) else args.code
+    if args.tfds:
+        data_dir, seconds = write_tfds(args.root, write_folder(args.root, args.tfds)[0])
+        print(json.dumps({"tfds": data_dir, "images": args.tfds, "write_s": round(seconds, 1)}))
+        line = {"measure": "tfds", "images": args.tfds, "files": 16, "code": code}
+        line.update(image_size=args.image_size, batch=args.batch)
+        line.update(run_child(args, "tfds", folder=data_dir))
+        print(json.dumps({**line, "machine": machine}))
     if not args.skip_pipeline:
         for count in sizes:
             result = run_child(args, "pipeline", folder=folders[count])

@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import logging
 import os
+import random
 import threading
 import time
 
@@ -39,6 +40,8 @@ UNSUPPORTED_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jx
 NO_READABLE_IMAGE = "no file of a pass over the image folder could be read"
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
 _DEFAULT_PRETRAIN_SPLIT = {"stl10": "unlabelled"}
+# tfds files read at once, and records taken from each in turn (tfds' own defaults).
+_TFDS_CYCLE_LENGTH, _TFDS_BLOCK_LENGTH = 16, 16
 _EVAL_CENTER_CROP = 0.875
 _SMALL_IMAGE_MAX = 64  # at or below this output size, eval images are resized, not cropped
 
@@ -168,7 +171,7 @@ def labels_of(source, split="train"):
         return np.full(len(source), -1, np.int64)
     if is_folder(source):
         return list_image_folder(source).labels
-    records = _records(source, split, seed=0)
+    records = _records(source, split)
     return np.fromiter(
         records.map(lambda r: r["label"]).batch(4096).unbatch().as_numpy_iterator(), np.int64
     )
@@ -342,24 +345,33 @@ def _tfds_builder(name):
         ) from None
 
 
-def _tfds_records(name, split, input_context, seed, shuffle_files=True):
-    """A dataset of {"image": encoded bytes, "label": int64} from tensorflow-datasets.
-
-    shuffle_files=False reads the split in its files' order: the same order for every
-    seed, which label subsets and evaluation need (positions in it are example ids)."""
-    import tensorflow_datasets as tfds
-
+def _image_builder(name):
+    """The builder of tfds data set `name`, which must have an "image" feature."""
     builder = _tfds_builder(name)
     features = builder.info.features
     if "image" not in features:
         raise ValueError(f"tfds dataset {name!r} has no 'image' feature; it has {list(features)}.")
-    read_config = tfds.ReadConfig(input_context=input_context, shuffle_seed=seed)
+    return builder
+
+
+def _image_and_label(example, has_label):
+    label = tf.cast(example["label"], tf.int64) if has_label else tf.constant(-1, tf.int64)
+    return {"image": example["image"], "label": label}
+
+
+def _tfds_records(name, split, input_context=None):
+    """A dataset of {"image": encoded bytes, "label": int64} from tensorflow-datasets, read
+    in its files' order: the same order for every seed, which label subsets and evaluation
+    need (positions in it are example ids)."""
+    import tensorflow_datasets as tfds
+
+    builder = _image_builder(name)
     try:
         records = builder.as_dataset(
             split=split,
-            shuffle_files=shuffle_files,
+            shuffle_files=False,
             decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=read_config,
+            read_config=tfds.ReadConfig(input_context=input_context),
         )
     except AssertionError as error:
         raise ValueError(
@@ -368,12 +380,107 @@ def _tfds_records(name, split, input_context, seed, shuffle_files=True):
             f"(tfds.builder({name!r}).download_and_prepare()), then copy it or set "
             "TFDS_DATA_DIR to its folder."
         ) from error
-    has_label = "label" in features
-    return records.map(
-        lambda ex: {
-            "image": ex["image"],
-            "label": tf.cast(ex["label"], tf.int64) if has_label else tf.constant(-1, tf.int64),
-        }
+    has_label = "label" in builder.info.features
+    return records.map(lambda example: _image_and_label(example, has_label))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _TfdsFiles:
+    """One input pipeline's TFRecord files of a tfds split, read pass by pass in an order
+    keyed by the pass (tfds' own file shuffle follows the iteration count, so a resumed
+    stream would read its passes in other orders).
+
+    Attributes:
+        paths, skips, takes: (F,) the files and the records read in each (tfds' file
+            instructions: a sliced split such as "train[:10%]" reads parts of files).
+        count: examples this pipeline reads per pass.
+        example_shard: (pipelines, index) when there are fewer files than input pipelines:
+            every pipeline reads all files in their order and keeps every n-th record.
+        features: the tfds features of "image" (and "label") that are parsed.
+    """
+
+    paths: np.ndarray
+    skips: np.ndarray
+    takes: np.ndarray
+    count: int
+    example_shard: tuple | None
+    features: object
+
+    def read(self, key, deterministic):
+        """{"image": encoded bytes, "label": int64} records of one pass: the files in a
+        stateless random order keyed by `key` (file order when sharding by example),
+        `_TFDS_CYCLE_LENGTH` files read in parallel. deterministic=False lets the reads
+        finish in any order (faster when some files are slow)."""
+        import tensorflow_datasets as tfds
+
+        files = tf.range(len(self.paths), dtype=tf.int64)
+        if self.example_shard is None:
+            files = tf.random.experimental.stateless_shuffle(files, seed=key)
+        paths, skips, takes = _as_tensors(
+            {"paths": self.paths, "skips": self.skips, "takes": self.takes}
+        ).values()
+        records = tf.data.Dataset.from_tensor_slices(files).interleave(
+            lambda i: tf.data.TFRecordDataset(paths[i]).skip(skips[i]).take(takes[i]),
+            cycle_length=min(_TFDS_CYCLE_LENGTH, len(self.paths)),
+            block_length=_TFDS_BLOCK_LENGTH,
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic or self.example_shard is not None,
+        )
+        if self.example_shard is not None:
+            records = records.shard(*self.example_shard)
+        has_label = "label" in self.features
+        decoders = {"image": tfds.decode.SkipDecoding()}
+        return records.map(
+            lambda serialized: _image_and_label(
+                self.features.deserialize_example(serialized, decoders=decoders), has_label
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=deterministic,
+        )
+
+
+def _tfds_files(name, split, input_context):
+    """`_TfdsFiles` of this input pipeline, or None when the split is not in TFRecord files
+    on disk (not prepared, another file format, or a mocked data set)."""
+    import tensorflow_datasets as tfds
+
+    builder = _image_builder(name)
+    info = builder.info
+    if not builder.is_prepared():
+        return None  # the tfds reader says how to prepare it
+    instructions = info.splits[split].file_instructions  # ValueError naming the splits
+    if (
+        not instructions
+        or info.file_format not in (None, tfds.core.FileFormat.TFRECORD)
+        or not tf.io.gfile.exists(instructions[0].filename)
+    ):
+        return None
+    pipelines, index = (
+        (input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if input_context is not None
+        else (1, 0)
+    )
+    example_shard = None
+    if len(instructions) >= pipelines:
+        instructions = instructions[index::pipelines]
+        count = sum(f.take for f in instructions)
+    else:
+        example_shard = (pipelines, index)
+        total = sum(f.take for f in instructions)
+        count = len(range(index, total, pipelines))
+        logger.info(
+            "tfds split %s[%s] has %d files for %d input pipelines: each pipeline reads every "
+            "file and keeps every %d-th example.",
+            name, split, len(instructions), pipelines, pipelines,
+        )  # fmt: skip
+    keys = ["image"] + (["label"] if "label" in info.features else [])
+    return _TfdsFiles(
+        paths=np.array([os.fspath(f.filename) for f in instructions]),
+        skips=np.array([f.skip for f in instructions], np.int64),
+        takes=np.array([f.take for f in instructions], np.int64),
+        count=count,
+        example_shard=example_shard,
+        features=tfds.features.FeaturesDict({key: info.features[key] for key in keys}),
     )
 
 
@@ -436,21 +543,18 @@ def _shard(columns, input_context):
     return columns, len(columns["label"])
 
 
-def _tfds_source_records(source, split, input_context, seed, shuffle_files=True):
-    """`_tfds_records` of a tfds name, with the default pretraining split when split is None."""
-    source = os.fspath(source)
-    if split is None:
-        split = _DEFAULT_PRETRAIN_SPLIT.get(source.split("/")[0], "train")
-    return _tfds_records(source, split, input_context, seed, shuffle_files)
+def _pretrain_split(source, split):
+    """The tfds split to pretrain on: `split`, else the data set's default ("train")."""
+    return split or _DEFAULT_PRETRAIN_SPLIT.get(os.fspath(source).split("/")[0], "train")
 
 
-def _records(source, split, seed):
+def _records(source, split):
     """{"image": encoded bytes or decoded image, "label": int64} records of an array source,
     or of a tfds split read in its files' order (positions in it are example ids); folders
     are read by their own pipelines."""
     columns = _columns(source, None)
     if columns is None:
-        return _tfds_source_records(source, split, None, seed, shuffle_files=False)
+        return _tfds_records(os.fspath(source), _pretrain_split(source, split))
     return tf.data.Dataset.from_tensor_slices(columns[0])
 
 
@@ -554,11 +658,14 @@ def pretrain_dataset(
             number of pipelines under a strategy). Incomplete last batches are dropped.
         image_size: output size S of the square views.
         split: tfds split (default "train"; "unlabelled" for stl10).
-        shuffle_buffer: records permuted together for tensorflow-datasets sources (arrays
-            and folders are permuted whole).
+        shuffle_buffer: records permuted together for tensorflow-datasets sources, after
+            their files are permuted (arrays and folders are permuted whole). Two blocks are
+            held in memory.
         seed: seeds the order and every view. Each iteration (each Keras epoch) draws a new
             pass (order and views) from a sequence the seed fixes; with repeat=True this is
-            `pretrain_stream`, whose batches are a function of their position.
+            `pretrain_stream`, whose batches are a function of their position. None: a
+            random seed, and tensorflow-datasets files and array rows are read and made in
+            whatever order finishes first (faster; not reproducible, cannot resume).
         augment_on: "cpu" — views made here in tf.data; "device" — batches carry
             {"images": (B, S', S', 3) uint8} with S' = round(S / 0.875), for a BYOL model
             with an `augmenter` (the random crop then works on that center square).
@@ -605,13 +712,31 @@ def _pass_maker(
         raise ValueError(
             f"batch_size and image_size must be positive; got {batch_size}, {image_size}."
         )
+    if seed is None:
+        seed = random.SystemRandom().randrange(2**31)
+        logger.info("Pretraining input with random seed %d, read in any order.", seed)
+        deterministic = False
+    else:
+        deterministic = True
     columns = _columns(source, input_context)
+    tfds_files = records = None
     if columns is None:
-        records = _tfds_source_records(source, split, input_context, seed)
-        examples = int(records.cardinality())
+        name, split = os.fspath(source), _pretrain_split(source, split)
+        tfds_files = _tfds_files(name, split, input_context)
+        if tfds_files is not None:
+            examples = tfds_files.count
+        else:
+            logger.warning(
+                "tfds split %s[%s] is not in TFRecord files on disk: each pass reads its "
+                "files in the same order (only the order within blocks of shuffle_buffer "
+                "examples changes from pass to pass).",
+                name,
+                split,
+            )
+            records = _tfds_records(name, split, input_context)
+            examples = int(records.cardinality())
     else:
         columns, examples = _as_tensors(columns[0]), columns[1]
-        records = None
     if examples >= 0 and examples < batch_size:
         raise ValueError(
             f"The source has {examples} images, fewer than one batch of {batch_size}: "
@@ -642,7 +767,7 @@ def _pass_maker(
         source allows random access, else (None, the tfds order permuted within blocks of
         `shuffle_buffer`)."""
         order_key = tf.random.experimental.stateless_fold_in(pass_key, 0)
-        if records is None:
+        if columns is not None:
             order = tf.random.experimental.stateless_shuffle(
                 tf.range(examples, dtype=tf.int64), seed=order_key
             )
@@ -657,7 +782,14 @@ def _pass_maker(
             )
             return {name: tf.gather(values, order) for name, values in block.items()}
 
-        return None, records.batch(shuffle_buffer).enumerate().map(permute).unbatch()
+        if tfds_files is not None:
+            file_key = tf.random.experimental.stateless_fold_in(pass_key, 2)
+            records_of_pass = tfds_files.read(file_key, deterministic)
+        else:
+            records_of_pass = records
+        # The next block is read while this one is used (else each block stalls the stream).
+        blocks = records_of_pass.batch(shuffle_buffer).enumerate().map(permute)
+        return None, blocks.prefetch(1).unbatch()
 
     def one_pass(pass_index):
         pass_key = tf.stack([tf.cast(seed, tf.int64), pass_index])
@@ -670,7 +802,7 @@ def _pass_maker(
             .map(
                 lambda i, r: (i, example(r, tf.random.experimental.stateless_fold_in(view_key, i))),
                 num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True,
+                deterministic=deterministic or folder,  # a folder's skips follow positions
             )
         )
         if folder:
@@ -704,9 +836,10 @@ def pretrain_stream(
     """The pretraining batches as a deterministic stream that can start at any batch.
 
     Pass p over the source is ordered by stateless random permutations keyed by (`seed`,
-    p) — a uniform permutation of all examples for arrays and folders, a permutation within
-    each block of `shuffle_buffer` records for tensorflow-datasets (whose files tfds
-    already shuffles) — and the views of its i-th example use a stateless seed keyed by
+    p) — a uniform permutation of all examples for arrays and folders; for
+    tensorflow-datasets, a permutation of its record files (16 read in parallel, in turns of
+    16 records) and then of each block of `shuffle_buffer` records — and the views of its
+    i-th example use a stateless seed keyed by
     (seed, p, i). So the stream is a function of its position, not of an iterator's
     history or of TensorFlow's global seed. `start_batch=N` yields what batch N onwards
     of the stream from 0 would be, skipping the first N·B examples before anything is
@@ -725,6 +858,11 @@ def pretrain_stream(
     Returns:
         (dataset, batches per pass, or None when the source's length is unknown).
     """
+    if start_batch and seed is None:
+        raise ValueError(
+            "A stream resumed at a later batch needs the seed it started with; seed=None "
+            "draws a new one."
+        )
     arguments = {name: value for name, value in locals().items() if name != "passes"}
     one_pass, per_pass, first_pass = _pass_maker(**arguments)
     end = 2**62 if passes is None else passes  # 2**62 passes: forever
@@ -804,7 +942,7 @@ def labelled_train_dataset(
             .prefetch(tf.data.AUTOTUNE)
         )
     # Files in their order, so that `indices` are the positions `labels_of` gives.
-    records = _records(source, split, seed)
+    records = _records(source, split)
     if indices is not None:
         keys = tf.constant(np.asarray(indices, np.int64))
         keep = tf.lookup.StaticHashTable(
@@ -866,7 +1004,7 @@ def eval_dataset(
     """
     columns = _columns(source, input_context, class_names)
     if columns is None:
-        records = _tfds_records(os.fspath(source), split or "test", input_context, 0, False)
+        records = _tfds_records(os.fspath(source), split or "test", input_context)
     else:
         (columns, count), bad_files = columns, bad_files or BadFiles()
         records = tf.data.Dataset.from_tensor_slices(columns)

@@ -90,6 +90,61 @@ def test_label_subsets_are_the_same_examples_for_every_seed_on_a_sharded_split(s
     assert not [w for w in caught if "ran out of data" in str(w.message)]
 
 
+def _stream_ids(source, count, **kwargs):
+    """Example ids of the first `count` batches of a pretraining stream (device input:
+    unaugmented center crops, so each id reads back exactly)."""
+    arguments = dict(batch_size=5, image_size=16, seed=3, augment_on="device", shuffle_buffer=10)
+    stream, per_pass = data.pretrain_stream(source, **{**arguments, **kwargs})
+    return [list(_ids(b["images"].numpy() / 255)) for b in stream.take(count)], per_pass
+
+
+def _pipeline_ids(source, pipelines, batch_size):
+    """Per input pipeline: (ids of its first pass, its batches per pass)."""
+    result = []
+    for index in range(pipelines):
+        context = tf.distribute.InputContext(pipelines, index, pipelines)
+        ids, per_pass = _stream_ids(
+            source, 40 // pipelines // batch_size, input_context=context, batch_size=batch_size
+        )
+        result.append((sum(ids, []), per_pass))
+    return result
+
+
+def test_tfds_input_pipelines_read_disjoint_files_and_know_their_length(sharded_tfds):
+    """Per-worker sharding: each of 2 pipelines reads 2 of the 4 files (its own length is
+    known, so the job can size its epochs); with 5 pipelines (more than files) each keeps
+    every 5th record. Together they read every example once."""
+    for pipelines, batch_size in ((2, 5), (5, 4)):
+        shards = _pipeline_ids(sharded_tfds, pipelines, batch_size)
+        assert [per_pass for _, per_pass in shards] == [40 // pipelines // batch_size] * pipelines
+        assert sorted(sum((ids for ids, _ in shards), [])) == list(range(40))
+
+
+def test_a_resumed_tfds_stream_reads_what_the_uninterrupted_one_reads(sharded_tfds):
+    """Files are permuted per pass by a key of (seed, pass), not by how often tfds was
+    iterated: a run resumed in pass 2 reads what the uninterrupted run read there."""
+    stream, per_pass = _stream_ids(sharded_tfds, 24)
+    assert per_pass == 8
+    resumed, _ = _stream_ids(sharded_tfds, 8, start_batch=19)
+    assert resumed[:5] == stream[19:]
+    passes = [sum(stream[p * 8 : p * 8 + 8], []) for p in range(3)]
+    assert all(sorted(ids) == list(range(40)) for ids in passes)  # each pass: every example
+    assert passes[0] != passes[1] != passes[2]
+    # A file holds 10 records (4 pipelines read one file each) and a pass reads them in
+    # turns of 16 from 4 files at once: its first 10 ids are one whole file.
+    files = [frozenset(ids) for ids, _ in _pipeline_ids(sharded_tfds, 4, 5)]
+    first_files = [frozenset(ids[:10]) for ids in passes]
+    assert all(first in files for first in first_files)
+    assert len(set(first_files)) > 1  # the files themselves are permuted from pass to pass
+
+
+def test_a_tfds_stream_without_seed_reads_in_any_order_and_cannot_resume(sharded_tfds):
+    ids, _ = _stream_ids(sharded_tfds, 8, seed=None)
+    assert sorted(sum(ids, [])) == list(range(40))
+    with pytest.raises(ValueError, match="needs the seed it started with"):
+        data.pretrain_stream(sharded_tfds, batch_size=5, image_size=16, seed=None, start_batch=3)
+
+
 def _write_pngs(root, images, labels):
     for i, (image, label) in enumerate(zip(images, labels)):
         folder = root / str(label)

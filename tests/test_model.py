@@ -395,7 +395,10 @@ def _concat_views_run(concat_views, epochs=1):
 # On TensorFlow the per-view reference runs the fused BN kernel and the concatenated pass
 # Keras-style ops: rounding differences, grown by 2 steps of a 4-image BN, reach 4e-4
 # (measured); on JAX both are the same ops (1e-6). BN over both views together: ≥ 0.3.
+# The mean loss of the 2 steps differed by 1.7e-5 relative on an AMD EPYC (under 1e-5 on
+# the Xeon of earlier sessions).
 _CONCAT_ATOL = 2e-3 if keras.backend.backend() == "tensorflow" else 1e-5
+_CONCAT_LOSS_RTOL = 1e-4 if keras.backend.backend() == "tensorflow" else 1e-5
 
 
 def test_concat_views_equals_a_pass_per_view():
@@ -404,7 +407,7 @@ def test_concat_views_equals_a_pass_per_view():
     losses, weights, calls = _concat_views_run(False)
     concat_losses, concat_weights, concat_calls = _concat_views_run(True)
     assert concat_calls >= 1 and calls == 2 * concat_calls  # online passes, per trace
-    np.testing.assert_allclose(concat_losses, losses, rtol=1e-5)
+    np.testing.assert_allclose(concat_losses, losses, rtol=_CONCAT_LOSS_RTOL)
     _assert_weights_close(concat_weights, weights, atol=_CONCAT_ATOL)
 
 
