@@ -165,16 +165,43 @@ def folder_class_names(directory):
 
 def labels_of(source, split="train"):
     """(N,) int64 labels of `source` in its order (−1 where it has none)."""
+    return labelled_ids(source, split)[1]
+
+
+def labelled_ids(source, split="train"):
+    """(ids (N,), labels (N,) int64) of `source`'s examples (labels −1 where it has none).
+
+    An example's id does not depend on any seed or read order: the row index of an array,
+    the path (bytes) of a folder's file, the tfds example id (bytes, `tfds_id`: the record
+    file and the index in it) of a tensorflow-datasets split. `eval_dataset(..., ids=True)`
+    yields the same ids, and label subsets are sets of them."""
     if isinstance(source, tuple) and len(source) == 2:
-        return np.asarray(source[1], np.int64)
+        labels = np.asarray(source[1], np.int64)
+        return np.arange(len(labels), dtype=np.int64), labels
     if isinstance(source, np.ndarray):
-        return np.full(len(source), -1, np.int64)
+        return np.arange(len(source), dtype=np.int64), np.full(len(source), -1, np.int64)
     if is_folder(source):
-        return list_image_folder(source).labels
-    records = _records(source, split)
-    return np.fromiter(
-        records.map(lambda r: r["label"]).batch(4096).unbatch().as_numpy_iterator(), np.int64
+        folder = list_image_folder(source)
+        return folder.paths, folder.labels
+    records = _tfds_records(os.fspath(source), _pretrain_split(source, split), with_ids=True)
+    ids, labels = [], []
+    for batch in records.map(lambda r: (r["id"], r["label"])).batch(4096).as_numpy_iterator():
+        ids.append(batch[0])
+        labels.append(batch[1])
+    if not ids:
+        return np.array([], object), np.array([], np.int64)
+    return np.concatenate(ids), np.concatenate(labels)
+
+
+def _member_of(ids):
+    """A tf function id → whether it is one of `ids` (int64 or bytes ids, see `labelled_ids`)."""
+    ids = np.asarray(ids)
+    keys = tf.constant(ids.astype(np.int64) if ids.dtype.kind in "iu" else ids.astype(bytes))
+    table = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(keys, tf.ones(tf.shape(keys), tf.int64)),
+        default_value=0,
     )
+    return lambda example_id: table.lookup(example_id) > 0
 
 
 def num_classes(source):
@@ -359,10 +386,9 @@ def _image_and_label(example, has_label):
     return {"image": example["image"], "label": label}
 
 
-def _tfds_records(name, split, input_context=None):
-    """A dataset of {"image": encoded bytes, "label": int64} from tensorflow-datasets, read
-    in its files' order: the same order for every seed, which label subsets and evaluation
-    need (positions in it are example ids)."""
+def _tfds_records(name, split, input_context=None, with_ids=False):
+    """A dataset of {"image": encoded bytes, "label": int64[, "id": the tfds example id]}
+    from tensorflow-datasets, read in its files' order."""
     import tensorflow_datasets as tfds
 
     builder = _image_builder(name)
@@ -371,7 +397,7 @@ def _tfds_records(name, split, input_context=None):
             split=split,
             shuffle_files=False,
             decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(input_context=input_context),
+            read_config=tfds.ReadConfig(input_context=input_context, add_tfds_id=with_ids),
         )
     except AssertionError as error:
         raise ValueError(
@@ -381,6 +407,10 @@ def _tfds_records(name, split, input_context=None):
             "TFDS_DATA_DIR to its folder."
         ) from error
     has_label = "label" in builder.info.features
+    if with_ids:
+        return records.map(
+            lambda example: {**_image_and_label(example, has_label), "id": example["tfds_id"]}
+        )
     return records.map(lambda example: _image_and_label(example, has_label))
 
 
@@ -549,13 +579,14 @@ def _pretrain_split(source, split):
 
 
 def _records(source, split):
-    """{"image": encoded bytes or decoded image, "label": int64} records of an array source,
-    or of a tfds split read in its files' order (positions in it are example ids); folders
-    are read by their own pipelines."""
+    """{"image": encoded bytes or decoded image, "label": int64, "id"} records of an array
+    source or a tfds split (ids as `labelled_ids` gives them); folders are read by their own
+    pipelines."""
     columns = _columns(source, None)
     if columns is None:
-        return _tfds_records(os.fspath(source), _pretrain_split(source, split))
-    return tf.data.Dataset.from_tensor_slices(columns[0])
+        return _tfds_records(os.fspath(source), _pretrain_split(source, split), with_ids=True)
+    columns, count = columns
+    return tf.data.Dataset.from_tensor_slices({**columns, "id": np.arange(count, dtype=np.int64)})
 
 
 # --------------------------------------------------------------------------- decoding
@@ -886,7 +917,7 @@ def labelled_train_dataset(
     view=augment.LINEAR_EVAL_VIEW,
     shuffle_buffer=10_000,
     seed=0,
-    indices=None,
+    subset=None,
     bad_files=None,
 ):
     """Shuffled (random view, label) batches for training a classifier (linear, fine-tune).
@@ -895,7 +926,8 @@ def labelled_train_dataset(
         source: as in `pretrain_dataset`; it must have labels.
         view: the `augment.ViewConfig` of the training view (random resized crop + flip).
         shuffle_buffer: records shuffled together (a folder is permuted whole every epoch).
-        indices: keep only these example positions (a label subset), or None for all.
+        subset: keep only the examples with these ids (a label subset; ids as
+            `labelled_ids` gives them), or None for all.
         bad_files: for a folder, the `BadFiles` told of skipped files (a new one by default).
 
     Returns:
@@ -905,8 +937,9 @@ def labelled_train_dataset(
     if is_folder(source):
         folder = list_image_folder(source)
         paths, labels = folder.paths, folder.labels
-        if indices is not None:
-            paths, labels = paths[np.asarray(indices)], labels[np.asarray(indices)]
+        if subset is not None:
+            keep = np.isin(paths, np.asarray(subset, paths.dtype))
+            paths, labels = paths[keep], labels[keep]
         count = len(labels)
         paths, labels = _as_tensors({"path": paths, "label": labels}).values()
         bad_files = bad_files or BadFiles()
@@ -941,14 +974,10 @@ def labelled_train_dataset(
             .batch(batch_size)
             .prefetch(tf.data.AUTOTUNE)
         )
-    # Files in their order, so that `indices` are the positions `labels_of` gives.
     records = _records(source, split)
-    if indices is not None:
-        keys = tf.constant(np.asarray(indices, np.int64))
-        keep = tf.lookup.StaticHashTable(
-            tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys)), default_value=0
-        )
-        records = records.enumerate().filter(lambda i, r: keep.lookup(i) > 0).map(lambda i, r: r)
+    if subset is not None:
+        member = _member_of(subset)
+        records = records.filter(lambda r: member(r["id"]))
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     return (
         tf.data.Dataset.zip(records.shuffle(shuffle_buffer, seed=seed), seeds)
@@ -981,7 +1010,7 @@ def eval_dataset(
     input_context=None,
     class_names=None,
     bad_files=None,
-    positions=False,
+    ids=False,
 ):
     """(images, labels) batches for evaluation: center crop 0.875 (S > 64) or plain resize.
 
@@ -994,22 +1023,27 @@ def eval_dataset(
             (`folder_class_names(train_folder)`), so that a test folder missing a class
             keeps the training labels; a class not in the list is an error.
         bad_files: for a folder, the `BadFiles` told of skipped files (a new one by default).
-        positions: also yield each example's position (its id: the index of an array row
-            or of a folder's file in `list_image_folder` order, the index in the files'
-            order for tfds), as `labels_of` and label subsets count them.
+        ids: also yield each example's id, as `labelled_ids` gives it (an array's row
+            index counts within this input pipeline's shard).
 
     Returns:
-        A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)[, int64 (B,)]),
+        A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)[, ids (B,)]),
         in the source's order (tfds: its files' order; a folder's bad files left out).
     """
     columns = _columns(source, input_context, class_names)
     if columns is None:
-        records = _tfds_records(os.fspath(source), split or "test", input_context)
+        records = _tfds_records(os.fspath(source), split or "test", input_context, with_ids=ids)
     else:
         (columns, count), bad_files = columns, bad_files or BadFiles()
         records = tf.data.Dataset.from_tensor_slices(columns)
+
+    def id_of(position, record):
+        if "path" in record:
+            return record["path"]
+        return record["id"] if "id" in record else position
+
     made = records.enumerate().map(
-        lambda i, r: (i, (_eval_image(_image_of(r), image_size), r["label"], i)),
+        lambda i, r: (i, (_eval_image(_image_of(r), image_size), r["label"], id_of(i, r))),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
@@ -1018,6 +1052,6 @@ def eval_dataset(
         made = _skipping_bad_files(made, columns["path"], 0, count, bad_files, first_pass)
     else:
         made = made.map(lambda i, example: example)
-    if not positions:
-        made = made.map(lambda images, labels, ids: (images, labels))
+    if not ids:
+        made = made.map(lambda images, labels, example_ids: (images, labels))
     return made.batch(batch_size).prefetch(tf.data.AUTOTUNE)

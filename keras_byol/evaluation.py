@@ -35,23 +35,23 @@ def extract_features(encoder, images, batch_size=256):
 
 
 def features_and_labels(encoder, batches):
-    """(features (N, D) float32, labels (N,) int64, positions (N,) int64) of a dataset of
-    (images, labels[, positions]) batches, computed batch by batch (only features are kept).
+    """(features (N, D) float32, labels (N,) int64, ids (N,)) of a dataset of
+    (images, labels[, ids]) batches, computed batch by batch (only features are kept).
 
-    Positions are the examples' ids (`data.eval_dataset(..., positions=True)`); without
-    them, the running index."""
-    features, labels, positions = [], [], []
+    Ids are the examples' ids (`data.eval_dataset(..., ids=True)`); without them, the
+    running index."""
+    features, labels, ids = [], [], []
     for batch in batches:
         features.append(np.asarray(encoder.predict_on_batch(np.asarray(batch[0])), np.float32))
         labels.append(np.asarray(batch[1], np.int64))
         if len(batch) > 2:
-            positions.append(np.asarray(batch[2], np.int64))
+            ids.append(np.asarray(batch[2]))
     if not features:
         raise ValueError("The evaluation data is empty: no batch to compute features of.")
     features, labels = np.concatenate(features), np.concatenate(labels)
     check_features(features)
-    positions = np.concatenate(positions) if positions else np.arange(len(labels))
-    return features, labels, positions
+    ids = np.concatenate(ids) if ids else np.arange(len(labels))
+    return features, labels, ids
 
 
 def check_features(features):
@@ -355,28 +355,25 @@ def _listed(train_source, test_source):
 
 
 def _eval_batches(source, image_size, split, batch_size=256, subset=None):
-    """`data.eval_dataset` batches with positions, only those in `subset` when given."""
-    import tensorflow as tf
-
+    """`data.eval_dataset` batches with ids, only the examples in `subset` (ids) when given."""
     from keras_byol import data
 
     batches = data.eval_dataset(
-        source, batch_size=batch_size, image_size=image_size, split=split, positions=True
+        source, batch_size=batch_size, image_size=image_size, split=split, ids=True
     )
     if subset is None:
         return batches
-    keys = tf.constant(np.asarray(subset, np.int64))
-    keep = tf.lookup.StaticHashTable(
-        tf.lookup.KeyValueTensorInitializer(keys, tf.ones_like(keys)), default_value=0
-    )
-    return batches.unbatch().filter(lambda x, y, i: keep.lookup(i) > 0).batch(batch_size)
+    member = data._member_of(subset)
+    return batches.unbatch().filter(lambda x, y, i: member(i)).batch(batch_size)
 
 
-def _subset(labels, label_fraction):
-    """The label subset's positions: one fixed subset for every seed and read order."""
+def _subset(ids, labels, label_fraction):
+    """The label subset's example ids: `label_subset` with seed 0 over the examples sorted
+    by id, so one fixed subset for every seed and every order the source is read in."""
     if label_fraction is None or label_fraction == 1.0:
         return None
-    return label_subset(labels, label_fraction, seed=0)
+    order = np.argsort(ids, kind="stable")
+    return ids[order][label_subset(labels[order], label_fraction, seed=0)]
 
 
 def _setup(train_source, test_source, label_fraction, train_split):
@@ -384,9 +381,9 @@ def _setup(train_source, test_source, label_fraction, train_split):
     from keras_byol import data
 
     train_source, test_source = _listed(train_source, test_source)
-    labels = data.labels_of(train_source, train_split)
+    ids, labels = data.labelled_ids(train_source, train_split)
     _check_labels(labels, labels)
-    subset = _subset(labels, label_fraction)
+    subset = _subset(ids, labels, label_fraction)
     return {
         "train": train_source,
         "test": test_source,
@@ -412,7 +409,7 @@ def _augmented_train(setup, *, batch_size, image_size, seed, split):
 
     return data.labelled_train_dataset(
         setup["train"], batch_size=batch_size, image_size=image_size, split=split, seed=seed,
-        indices=setup["subset"], shuffle_buffer=min(setup["examples"], 50_000),
+        subset=setup["subset"], shuffle_buffer=min(setup["examples"], 50_000),
     )  # fmt: skip
 
 

@@ -61,20 +61,32 @@ def _ids(images):
 
 
 def test_label_subsets_are_the_same_examples_for_every_seed_on_a_sharded_split(sharded_tfds):
-    labels = data.labels_of(sharded_tfds)
-    subset = evaluation._subset(labels, 0.5)
-    assert np.array_equal(subset, evaluation._subset(labels, 0.5))  # no seed in it
-    by_position = {}
-    for images, _, positions in data.eval_dataset(
-        sharded_tfds, batch_size=16, image_size=8, split="train", positions=True
+    """Subsets are sets of tfds example ids: the same for every seed and for every order the
+    split's files are read in (here tfds' own shuffled read of the 4 files)."""
+    ids, labels = data.labelled_ids(sharded_tfds)
+    subset = evaluation._subset(ids, labels, 0.5)
+    assert np.array_equal(subset, evaluation._subset(ids, labels, 0.5))  # no seed in it
+    shuffled = tfds.builder(SHARDED).as_dataset(
+        split="train",
+        shuffle_files=True,
+        read_config=tfds.ReadConfig(add_tfds_id=True, shuffle_seed=7),
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    other = [(e["tfds_id"], e["label"]) for e in shuffled.as_numpy_iterator()]
+    other_ids, other_labels = np.array([i for i, _ in other]), np.array([y for _, y in other])
+    assert not np.array_equal(other_ids, ids)  # another order...
+    assert np.array_equal(evaluation._subset(other_ids, other_labels, 0.5), subset)  # ...same
+    by_id = {}
+    for images, _, example_ids in data.eval_dataset(
+        sharded_tfds, batch_size=16, image_size=8, split="train", ids=True
     ):
-        by_position.update(zip(positions.numpy(), _ids(images)))
-    assert sorted(by_position.values()) == list(range(40))
-    expected = sorted(by_position[p] for p in subset)
-    assert all(labels[p] == by_position[p] % 4 for p in by_position)  # one order for both
+        by_id.update(zip(example_ids.numpy(), _ids(images)))
+    assert sorted(by_id.values()) == list(range(40))
+    expected = sorted(by_id[i] for i in subset)
+    assert all(label == by_id[i] % 4 for i, label in zip(ids, labels))
     for seed in (0, 3):
         batches = data.labelled_train_dataset(
-            sharded_tfds, batch_size=8, image_size=8, seed=seed, indices=subset, shuffle_buffer=40
+            sharded_tfds, batch_size=8, image_size=8, seed=seed, subset=subset, shuffle_buffer=40
         )
         seen = [(i, y) for x, ys in batches for i, y in zip(_ids(x), ys.numpy())]
         assert sorted(i for i, _ in seen) == expected  # the subset's examples, whatever the seed
