@@ -43,9 +43,16 @@ VARIANTS = {  # name → (KERAS_BACKEND, jit_compile, dtype policy, BYOL concat_
 FP32_VARIANTS = "tensorflow,tensorflow_xla,jax"
 
 
-def run_variant(name, batch, size, warmup, steps, steps_per_execution=1):
-    """Times `steps` calls of `steps_per_execution` optimizer steps after `warmup` untimed
-    calls; returns one result dict."""
+def run_variant(
+    name, batch, size, warmup, steps, steps_per_execution=1, accumulation_steps=1, remat=False,
+    arch="resnet18",
+):  # fmt: skip
+    """Times `steps` calls of `steps_per_execution` batches after `warmup` untimed calls;
+    returns one result dict. accumulation_steps N > 1: SGD accumulates N batches per
+    applied step (each call then covers N× the batches); remat: the encoder is built inside
+    `keras.RematScope(mode="full")` (activations recomputed in the backward pass)."""
+    import contextlib
+
     import keras
 
     import keras_byol
@@ -53,16 +60,21 @@ def run_variant(name, batch, size, warmup, steps, steps_per_execution=1):
     _, jit_compile, policy, concat_views = VARIANTS[name]
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
-    encoder = keras_byol.encoders.resnet("resnet18", (size, size, 3), small_images=True)
+    scope = keras.RematScope(mode="full") if remat else contextlib.nullcontext()
+    with scope:
+        encoder = keras_byol.encoders.resnet(arch, (size, size, 3), small_images=size <= 64)
     model = keras_byol.BYOL(encoder, projection_dim=256, hidden_dim=4096, concat_views=concat_views)
+    extra = {"gradient_accumulation_steps": accumulation_steps} if accumulation_steps > 1 else {}
     model.compile(
-        optimizer=keras.optimizers.SGD(0.06, momentum=0.9),
+        optimizer=keras.optimizers.SGD(0.06, momentum=0.9, **extra),
         jit_compile=jit_compile,
         steps_per_execution=steps_per_execution,
     )
     rng = np.random.default_rng(0)
     shape = (batch, size, size, 3)
     view1, view2 = (rng.random(shape, dtype=np.float32) for _ in range(2))
+    # Under accumulation an applied step takes N batches: warm up and time N× the calls.
+    warmup, steps = warmup * accumulation_steps, steps * accumulation_steps
     total = (warmup + steps) * steps_per_execution
     views = {"view1": np.concatenate([view1] * total), "view2": np.concatenate([view2] * total)}
 
@@ -88,7 +100,9 @@ def run_variant(name, batch, size, warmup, steps, steps_per_execution=1):
         "dtype_policy": policy,
         "concat_views": model.concat_views,
         "what": "train_step",
-        "arch": "resnet18",
+        "arch": arch,
+        "accumulation_steps": accumulation_steps,
+        "remat": remat,
         "size": size,
         "batch": batch,
         "images_per_s": round(batch * len(durations) / float(np.sum(durations)), 2),
@@ -114,13 +128,17 @@ def main():
     parser.add_argument("--repeats", type=int, default=1, help="variants+peer rounds")
     parser.add_argument("--steps-per-execution", type=int, default=1, help="steps per call")
     parser.add_argument("--peer-python", default="", help="python with torch + lightly")
+    parser.add_argument("--accumulation-steps", type=int, default=1, help="batches per step")
+    parser.add_argument("--remat", action="store_true", help="encoder in keras.RematScope")
+    parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         result = run_variant(
-            args.worker, args.batch, args.size, args.warmup, args.steps, args.steps_per_execution
-        )
+            args.worker, args.batch, args.size, args.warmup, args.steps, args.steps_per_execution,
+            args.accumulation_steps, args.remat, args.arch,
+        )  # fmt: skip
         print(json.dumps({**result, "machine": describe()}), flush=True)
         return
 
@@ -141,6 +159,9 @@ def run_worker(name, args):
     command = [sys.executable, __file__, "--worker", name, "--batch", str(args.batch)]
     command += ["--size", str(args.size), "--warmup", str(args.warmup)]
     command += ["--steps", str(args.steps), "--steps-per-execution", str(args.steps_per_execution)]
+    command += ["--accumulation-steps", str(getattr(args, "accumulation_steps", 1))]
+    command += ["--arch", getattr(args, "arch", "resnet18")]
+    command += ["--remat"] if getattr(args, "remat", False) else []
     env = {
         **os.environ,
         "KERAS_BACKEND": VARIANTS[name][0],

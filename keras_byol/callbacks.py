@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from keras_byol.batches import INPUT_PROBLEMS
+from keras_byol.model import accumulation_steps, optimizer_of
 from keras_byol.schedules import CosineTargetDecay
 from keras_byol.workdir import write_atomically
 
@@ -15,8 +16,15 @@ logger = logging.getLogger("keras_byol")
 
 
 def applied_steps(model):
-    """Optimizer steps applied so far (strategy-mirrored variables too)."""
-    return int(model.optimizer.iterations.numpy())
+    """Optimizer steps applied so far (strategy-mirrored variables too; under gradient
+    accumulation, Keras' `iterations` counts applied steps, not batches)."""
+    iterations = model.optimizer.iterations
+    return int(iterations.numpy() if hasattr(iterations, "numpy") else np.asarray(iterations))
+
+
+def _applied_per_fit(model, batches):
+    """Optimizer steps applied over `batches` train steps (batches ÷ N under accumulation)."""
+    return int(batches) // accumulation_steps(model.optimizer)
 
 
 class TargetDecayPlan(keras.callbacks.Callback):
@@ -45,11 +53,14 @@ class TargetDecayPlan(keras.callbacks.Callback):
                 f"epoch = {steps}). Pass fit(steps_per_epoch=...) or build BYOL(target_decay="
                 "keras_byol.schedules.CosineTargetDecay(base_tau, total_steps=K))."
             )
-        planned = CosineTargetDecay(schedule.base_tau, int(steps) * int(epochs))
+        total = _applied_per_fit(self.model, int(steps) * int(epochs))
+        planned = CosineTargetDecay(schedule.base_tau, total)
         self.model.set_target_decay(planned)
+        every = accumulation_steps(self.model.optimizer)
+        accumulated = f" ÷ {every} batches per applied step" if every > 1 else ""
         print(
             f"keras_byol: τ schedule set from this fit call: {planned} = {epochs} epochs × "
-            f"{steps} steps. Later fit calls keep it; to plan a longer run pass "
+            f"{steps} steps{accumulated}. Later fit calls keep it; to plan a longer run pass "
             "BYOL(target_decay=CosineTargetDecay(base_tau, total_steps=K)).",
             flush=True,
         )
@@ -59,7 +70,8 @@ class TargetDecayPlan(keras.callbacks.Callback):
         if self._checked_plan or not steps or not epochs:
             return
         self._checked_plan = True
-        self.model.warn_if_target_frozen(applied_steps(self.model) + (epochs - epoch) * steps)
+        remaining = _applied_per_fit(self.model, (epochs - epoch) * steps)
+        self.model.warn_if_target_frozen(applied_steps(self.model) + remaining)
 
     def on_epoch_end(self, epoch, logs=None):
         self.model.warn_if_target_frozen(applied_steps(self.model))
@@ -145,8 +157,12 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.saved_step = 0  # the step of the checkpoint on disk (as of this fit call)
 
     def save(self):
-        """Writes the checkpoint unless a variable is not finite; returns whether it did."""
+        """Writes the checkpoint unless a variable is not finite or an accumulation window is
+        open (its partial gradient sum would be counted again by a resumed run, which reads
+        on from the last applied step); returns whether it did."""
         step = applied_steps(self.model)
+        if _inside_accumulation_window(self.model):
+            return False
         if not self.guard.check_variables(self.model, step):
             return False
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -167,6 +183,15 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         if _finite_loss(logs) and (epoch + 1) % self.every_epochs == 0:
             if applied_steps(self.model) != self.saved_step:
                 self.save()
+
+
+def _inside_accumulation_window(model):
+    """Whether the optimizer holds gradients of batches not yet applied."""
+    every = accumulation_steps(model.optimizer)
+    if every == 1:
+        return False
+    counter = optimizer_of(model.optimizer)._iterations
+    return int(keras.ops.convert_to_numpy(counter.value)) % every != 0
 
 
 def _finite_loss(logs):

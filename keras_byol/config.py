@@ -71,6 +71,14 @@ class PretrainConfig:
     )
     steps_per_epoch: int = _field(0, "Steps per epoch; 0 = one pass over the data.")
     batch_size: int = _field(128, "Global batch size.")
+    accumulation_steps: int = _field(
+        1,
+        "Batches whose gradients are averaged into one optimizer step (gradient "
+        "accumulation): the effective batch is batch_size × N and the learning rate scales "
+        "with it; τ and the schedules count optimizer steps. BatchNorm still normalizes each "
+        "batch alone. Not under --strategy=mirrored or multi_worker (Keras' accumulation "
+        "cannot synchronize there); on one device, or the JAX backend.",
+    )
     optimizer: str = _field(
         "lars",
         "lars (the paper), sgd (momentum 0.9) or adamw; each has a safe default learning "
@@ -175,6 +183,7 @@ class PretrainConfig:
             "image_size",
             "epochs",
             "batch_size",
+            "accumulation_steps",
             "projection_dim",
             "hidden_dim",
             "steps_per_execution",
@@ -217,9 +226,14 @@ class PretrainConfig:
         )
 
     @property
+    def effective_batch_size(self):
+        """Examples per optimizer step: batch_size × accumulation_steps."""
+        return self.batch_size * self.accumulation_steps
+
+    @property
     def peak_learning_rate(self):
-        """LR after warm-up: base × batch/256 for LARS and SGD, base for AdamW."""
-        scale = self.batch_size / 256.0 if BATCH_SCALED[self.optimizer] else 1.0
+        """LR after warm-up: base × effective batch/256 for LARS and SGD, base for AdamW."""
+        scale = self.effective_batch_size / 256.0 if BATCH_SCALED[self.optimizer] else 1.0
         return self.base_learning_rate * scale
 
     @property

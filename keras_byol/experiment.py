@@ -2,6 +2,7 @@
 
 import contextlib
 import json
+import math
 import os
 import sys
 import time
@@ -17,7 +18,7 @@ from keras_byol.config import FIXED, REPLAN, PretrainConfig
 from keras_byol.model import BYOL
 from keras_byol.monitors import CollapseMonitor
 from keras_byol.optimizers import LARS
-from keras_byol.schedules import CosineTargetDecay, WarmupCosine
+from keras_byol.schedules import AppliedSteps, CosineTargetDecay, WarmupCosine
 
 CHECKPOINT = os.path.join("checkpoint", "byol.keras")
 CONFIG_FILE = "config.json"
@@ -113,13 +114,21 @@ def _pretrain_data(config, source, strategy, start_step=0, bad_files=None):
     # Workers' shards may differ by an example: every worker takes the shortest epoch.
     local = batches_per_epoch[0] if batches_per_epoch else -1
     steps = int(distribute.gather_from_workers(strategy, [local]).min())
-    chunk = config.steps_per_execution
+    # Whole compiled chunks (Keras would otherwise overshoot each epoch) and whole
+    # accumulation windows (an epoch ends on an applied optimizer step).
+    chunk = math.lcm(config.steps_per_execution, config.accumulation_steps)
     if config.steps_per_epoch:
         steps = config.steps_per_epoch
         if steps % chunk:
             raise ValueError(
-                f"steps_per_epoch={steps} is not a multiple of steps_per_execution={chunk} "
-                "(Keras would run whole chunks and overshoot every epoch); make it one."
+                f"steps_per_epoch={steps} is not a multiple of steps_per_execution="
+                f"{config.steps_per_execution}"
+                + (
+                    f" and accumulation_steps={config.accumulation_steps} ({chunk})"
+                    if config.accumulation_steps > 1
+                    else ""
+                )
+                + " (Keras would run whole chunks and overshoot every epoch); make it one."
             )
     elif steps <= 0:
         raise ValueError(
@@ -128,10 +137,10 @@ def _pretrain_data(config, source, strategy, start_step=0, bad_files=None):
     elif steps < chunk:
         raise ValueError(
             f"An epoch of {config.dataset!r} has {steps} batches, fewer than "
-            f"steps_per_execution={chunk}; lower steps_per_execution or batch_size."
+            f"steps_per_execution × accumulation_steps ({chunk}); lower them or batch_size."
         )
     else:
-        steps -= steps % chunk  # whole chunks: Keras would otherwise overshoot each epoch
+        steps -= steps % chunk
     return dataset, steps
 
 
@@ -149,16 +158,18 @@ def build_encoder(config, synchronized_batchnorm=True):
 
 def build_optimizer(config, model, steps_per_epoch):
     """The configured optimizer with its warm-up cosine LR. Biases and normalization
-    parameters (rank ≤ 1) get no weight decay with any optimizer, as in the recipe's LARS."""
+    parameters (rank ≤ 1) get no weight decay with any optimizer, as in the recipe's LARS.
+    With accumulation_steps N > 1 the optimizer accumulates N batches per applied step."""
     schedule = learning_rate_schedule(config, steps_per_epoch)
+    common = {"weight_decay": config.effective_weight_decay}
+    if config.accumulation_steps > 1:
+        common["gradient_accumulation_steps"] = config.accumulation_steps
     if config.optimizer == "lars":
-        return LARS(schedule, weight_decay=config.effective_weight_decay, eta=config.lars_eta)
+        return LARS(schedule, eta=config.lars_eta, **common)
     if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(
-            schedule, momentum=0.9, weight_decay=config.effective_weight_decay
-        )
+        optimizer = keras.optimizers.SGD(schedule, momentum=0.9, **common)
     else:
-        optimizer = keras.optimizers.AdamW(schedule, weight_decay=config.effective_weight_decay)
+        optimizer = keras.optimizers.AdamW(schedule, **common)
     # Keras' exclusion list is not saved with the optimizer: the job sets it on every build.
     optimizer.exclude_from_weight_decay(
         var_list=[v for v in model.trainable_variables if len(v.shape) <= 1]
@@ -167,18 +178,32 @@ def build_optimizer(config, model, steps_per_epoch):
 
 
 def learning_rate_schedule(config, steps_per_epoch):
-    """Linear warm-up to the batch-scaled peak, cosine decay to 0 at epochs × steps
-    (steps_per_epoch None: a placeholder until `plan_schedules` knows the data's length)."""
+    """Linear warm-up to the batch-scaled peak, cosine decay to 0 at the run's last
+    optimizer step (steps_per_epoch: batches per epoch; None: a placeholder until
+    `plan_schedules` knows the data's length). Counted in applied optimizer steps:
+    `AppliedSteps` when accumulation_steps > 1 (Keras calls it with the batch count)."""
     if steps_per_epoch is None:
-        return WarmupCosine(config.peak_learning_rate, 0, 1)
-    warmup_steps = int(round(config.warmup_epochs * steps_per_epoch))
-    return WarmupCosine(config.peak_learning_rate, warmup_steps, config.epochs * steps_per_epoch)
+        schedule = WarmupCosine(config.peak_learning_rate, 0, 1)
+    else:
+        per_epoch = steps_per_epoch // config.accumulation_steps
+        warmup_steps = int(round(config.warmup_epochs * per_epoch))
+        schedule = WarmupCosine(config.peak_learning_rate, warmup_steps, config.epochs * per_epoch)
+    if config.accumulation_steps > 1:
+        return AppliedSteps(schedule, config.accumulation_steps)
+    return schedule
+
+
+def optimizer_steps(config, steps_per_epoch):
+    """Optimizer steps of the whole run (batches ÷ accumulation_steps)."""
+    return config.epochs * (steps_per_epoch // config.accumulation_steps)
 
 
 def plan_schedules(model, config, steps_per_epoch):
-    """Sets the learning-rate and τ schedules of `model` to end at epochs × steps_per_epoch."""
+    """Sets the learning-rate and τ schedules of `model` to end at the run's last step."""
     model.optimizer.learning_rate = learning_rate_schedule(config, steps_per_epoch)
-    model.set_target_decay(CosineTargetDecay(config.base_tau, config.epochs * steps_per_epoch))
+    model.set_target_decay(
+        CosineTargetDecay(config.base_tau, optimizer_steps(config, steps_per_epoch))
+    )
 
 
 def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnorm=True):
@@ -196,7 +221,7 @@ def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnor
         hidden_dim=config.hidden_dim,
         predictor_hidden_dim=config.predictor_hidden_dim,
         target_decay=CosineTargetDecay(
-            config.base_tau, steps_per_epoch and config.epochs * steps_per_epoch
+            config.base_tau, steps_per_epoch and optimizer_steps(config, steps_per_epoch)
         ),
         augmenter=augmenter,
         num_classes=num_classes,
@@ -357,13 +382,15 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
             model.optimizer.build(model.trainable_variables)
             _load_checkpoint(model, checkpoint_path)
     step = steps_done(model)
+    # Batches read so far: the input position (checkpoints hold whole accumulation windows).
+    batches = step * config.accumulation_steps
     # Files a folder source cannot decode: skipped, warned about once per pass, and listed
     # once each in WORKDIR/skipped_files.txt (by the chief).
     bad_files = data.BadFiles(os.path.join(workdir, SKIPPED_FILES) if chief else None)
-    dataset, steps_per_epoch = _pretrain_data(config, source, strategy, step, bad_files)
+    dataset, steps_per_epoch = _pretrain_data(config, source, strategy, batches, bad_files)
     _check_data_length(run if resuming else None, steps_per_epoch, workdir)
     plan_schedules(model, config, steps_per_epoch)
-    total_steps = config.epochs * steps_per_epoch
+    total_steps = optimizer_steps(config, steps_per_epoch)
     if resuming:
         print(f"Resuming from {checkpoint_path} at step {step}.", flush=True)
     if changes:
@@ -388,9 +415,9 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
     history = {}
     while step < total_steps and guard.diverged_at_step is None:
         # An epoch cut by a step checkpoint is finished first, then whole epochs follow.
-        epoch, into_epoch = divmod(step, steps_per_epoch)
+        epoch, into_epoch = divmod(batches, steps_per_epoch)
         if dataset is None:
-            dataset, _ = _pretrain_data(config, source, strategy, step, bad_files)
+            dataset, _ = _pretrain_data(config, source, strategy, batches, bad_files)
         with _input_errors_explained(config, model, checkpoint_path):
             fitted = model.fit(
                 dataset,
@@ -405,6 +432,7 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
         if steps_done(model) == step:
             break  # stopped without a step (a callback asked to stop)
         step, dataset = steps_done(model), None
+        batches = step * config.accumulation_steps
     if chief and guard.diverged_at_step is None:
         checkpoint.set_model(model)
         checkpoint.save()  # refused (and recorded by the guard) if a variable is not finite
@@ -413,7 +441,7 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
     train_seconds = time.time() - start
     result = {
         "history": history,
-        "epochs_done": step // steps_per_epoch,
+        "epochs_done": batches // steps_per_epoch,
         "steps_done": step,
         "export_dir": None,
         "eval": None,

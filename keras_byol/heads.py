@@ -1,9 +1,12 @@
-"""The projector and predictor MLPs: Dense → BatchNorm → ReLU → Dense."""
+"""The projector and predictor MLPs: Dense → normalization (BatchNorm) → ReLU → Dense."""
 
 import keras
 from keras import layers
 
 from keras_byol.normalization import FusedBatchNormalization
+
+# The hidden layer's normalization choices; all but "batch" read no batch statistics.
+HEAD_NORMS = ("batch", "layer", "group", "none")
 
 
 @keras.saving.register_keras_serializable(package="keras_byol")
@@ -19,6 +22,9 @@ class MLPHead(keras.layers.Layer):
         synchronized_batchnorm: normalize with the global batch's statistics whenever
             several `tf.distribute` replicas train (the recipe's setting; one device keeps
             the fused kernel). False: each replica normalizes its own slice.
+        norm: the hidden layer's normalization: "batch" (the paper's), or one that reads
+            no batch statistics: "layer" (LayerNorm over the hidden units), "group"
+            (GroupNorm, `GROUPS` groups of hidden units), "none".
 
     Input shape (B, D_in) → output shape (B, output_dim).
 
@@ -28,26 +34,45 @@ class MLPHead(keras.layers.Layer):
         (2, 256)
     """
 
-    def __init__(self, hidden_dim, output_dim, synchronized_batchnorm=True, **kwargs):
+    GROUPS = 32
+
+    def __init__(self, hidden_dim, output_dim, synchronized_batchnorm=True, norm="batch", **kwargs):
         super().__init__(**kwargs)
         self.hidden_dim = int(hidden_dim)
         self.output_dim = int(output_dim)
         self.synchronized_batchnorm = bool(synchronized_batchnorm)
+        if norm not in HEAD_NORMS:
+            raise ValueError(f"MLPHead norm must be one of {HEAD_NORMS}; got {norm!r}.")
+        self.norm_kind = norm
         init = keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
         self.hidden = layers.Dense(self.hidden_dim, kernel_initializer=init, name="hidden")
-        self.norm = FusedBatchNormalization(
-            momentum=0.9, epsilon=1e-5, synchronized=self.synchronized_batchnorm, name="norm"
-        )
+        if norm == "batch":
+            self.norm = FusedBatchNormalization(
+                momentum=0.9, epsilon=1e-5, synchronized=self.synchronized_batchnorm, name="norm"
+            )
+        elif norm == "layer":
+            self.norm = layers.LayerNormalization(epsilon=1e-5, name="norm")
+        elif norm == "group":
+            if self.hidden_dim % self.GROUPS:
+                raise ValueError(
+                    f'MLPHead(norm="group") splits the {self.hidden_dim} hidden units into '
+                    f"{self.GROUPS} groups: make hidden_dim a multiple of {self.GROUPS}."
+                )
+            self.norm = layers.GroupNormalization(self.GROUPS, epsilon=1e-5, name="norm")
+        else:
+            self.norm = None
         self.out = layers.Dense(self.output_dim, kernel_initializer=init, name="output")
 
     def build(self, input_shape):
         self.hidden.build(input_shape)
-        self.norm.build((input_shape[0], self.hidden_dim))
+        if self.norm is not None:
+            self.norm.build((input_shape[0], self.hidden_dim))
         self.out.build((input_shape[0], self.hidden_dim))
 
     def call(self, inputs, training=None):
         x = self.hidden(inputs)
-        x = self.norm(x, training=training)
+        if self.norm is not None:
+            x = self.norm(x, training=training)
         return self.out(keras.ops.relu(x))
 
     def compute_output_shape(self, input_shape):
@@ -59,4 +84,5 @@ class MLPHead(keras.layers.Layer):
             "hidden_dim": self.hidden_dim,
             "output_dim": self.output_dim,
             "synchronized_batchnorm": self.synchronized_batchnorm,
+            "norm": self.norm_kind,
         }

@@ -17,8 +17,18 @@ from keras_byol.batches import (
 from keras_byol.heads import MLPHead
 from keras_byol.losses import byol_loss
 from keras_byol.normalization import layers_without_per_view_statistics, per_view_statistics
-from keras_byol.schedules import CosineTargetDecay, target_decay
+from keras_byol.schedules import AppliedSteps, CosineTargetDecay, target_decay
 from keras_byol.workarounds import TrainerWorkarounds, bind_fit_arguments
+
+
+def optimizer_of(optimizer):
+    """The optimizer that steps (a `LossScaleOptimizer`'s inner one)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def accumulation_steps(optimizer):
+    """N of an optimizer built with `gradient_accumulation_steps=N`, else 1."""
+    return int(getattr(optimizer_of(optimizer), "gradient_accumulation_steps", None) or 1)
 
 
 def synchronize_batchnorms(network, synchronized):
@@ -83,6 +93,18 @@ class BYOL(TrainerWorkarounds, keras.Model):
             stop-gradient online features of view 1, trained with its own cross-entropy in
             the same step on batches with a "label" (−1 = unlabelled, skipped). It reports
             `probe_accuracy` and does not change the BYOL gradients of the network.
+        head_norm: the projector's and predictor's hidden normalization, "batch" (the
+            paper's) or, reading no batch statistics, "layer", "group" or "none"
+            (`heads.MLPHead`).
+
+    Gradient accumulation: compile with an optimizer built with
+    `gradient_accumulation_steps=N` (Keras' own): each batch adds its gradients, every N-th
+    applies their mean; the Polyak update runs and τ advances only on applied steps, and
+    `optimizer.iterations` counts applied steps. Keras calls a learning-rate schedule with
+    the batch count: wrap it in `schedules.AppliedSteps(schedule, N)` (BYOL warns
+    otherwise). Loss and metrics are per batch; BatchNorm normalizes each batch with its
+    own statistics (what accumulation means for BN: use head_norm and a "group_ws"
+    encoder for steps equal to one batch N× larger).
 
     Example:
         >>> encoder = keras_byol.encoders.resnet("resnet18", (32, 32, 3), small_images=True)
@@ -107,6 +129,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
         augmenter=None,
         concat_views=False,
         num_classes=None,
+        head_norm="batch",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -126,12 +149,15 @@ class BYOL(TrainerWorkarounds, keras.Model):
 
         synchronize_batchnorms(encoder, self.synchronized_batchnorm)
         self.encoder = encoder
+        self.head_norm = head_norm
         self.projector = MLPHead(
-            self.hidden_dim, self.projection_dim, synchronized_batchnorm, name="projector"
-        )
+            self.hidden_dim, self.projection_dim, synchronized_batchnorm, head_norm,
+            name="projector",
+        )  # fmt: skip
         self.predictor = MLPHead(
-            self.predictor_hidden_dim, self.projection_dim, synchronized_batchnorm, name="predictor"
-        )
+            self.predictor_hidden_dim, self.projection_dim, synchronized_batchnorm, head_norm,
+            name="predictor",
+        )  # fmt: skip
         self.projector.build((None, feature_dim))
         self.predictor.build((None, self.projection_dim))
 
@@ -430,11 +456,22 @@ class BYOL(TrainerWorkarounds, keras.Model):
         # load and the optimizer state (and with it the τ position) would be lost.
         if getattr(self, "optimizer", None) is None:
             raise ValueError("Call model.compile(optimizer=...) before fit.")
-        if getattr(self.optimizer, "gradient_accumulation_steps", None):
-            raise ValueError(
-                "BYOL does not support the optimizer's gradient_accumulation_steps: the target "
-                "update and its τ schedule follow applied optimizer steps. Use a larger batch."
-            )
+        every = accumulation_steps(self.optimizer)
+        if every > 1 and keras.backend.backend() == "tensorflow":
+            from keras_byol.backends.tensorflow import check_accumulation
+
+            check_accumulation(self)
+        rate = getattr(optimizer_of(self.optimizer), "_learning_rate", None)
+        if every > 1 and isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            if not isinstance(rate, AppliedSteps):
+                warnings.warn(
+                    f"The optimizer accumulates gradients over {every} batches and its "
+                    f"learning-rate schedule {type(rate).__name__} counts batches (Keras "
+                    "calls it with the batch count), so it runs "
+                    f"{every}× faster than the applied steps that τ counts. Wrap it: "
+                    f"keras_byol.schedules.AppliedSteps(schedule, {every}).",
+                    stacklevel=3,
+                )
         if getattr(self, "loss", None) is not None:
             raise ValueError("BYOL computes its own loss; do not pass loss= to compile.")
 
@@ -485,6 +522,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
             "synchronized_batchnorm": self.synchronized_batchnorm,
             "concat_views": self.concat_views,
             "num_classes": self.num_classes,
+            "head_norm": self.head_norm,
             "augmenter": (
                 None
                 if self.augmenter is None

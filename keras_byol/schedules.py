@@ -123,3 +123,39 @@ class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
             "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps,
         }
+
+
+@keras.saving.register_keras_serializable(package="keras_byol")
+class AppliedSteps(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate schedule counted in applied steps under gradient accumulation.
+
+    Keras calls an optimizer's schedule with the count of batches seen; with
+    `gradient_accumulation_steps=N` an update is applied every N batches, so
+    `AppliedSteps(schedule, N)` gives `schedule(batches // N)`: the rate of applied step k
+    is schedule(k), as in a run with batches N× larger (and as τ counts).
+
+    Args:
+        schedule: a `LearningRateSchedule` of the applied step (e.g. `WarmupCosine`).
+        accumulation_steps: N, the optimizer's `gradient_accumulation_steps`.
+    """
+
+    def __init__(self, schedule, accumulation_steps):
+        self.schedule = schedule
+        self.accumulation_steps = int(accumulation_steps)
+        if self.accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps must be ≥ 1; got {accumulation_steps}.")
+
+    def __call__(self, step):
+        return self.schedule(ops.floor_divide(step, self.accumulation_steps))
+
+    def get_config(self):
+        return {
+            "schedule": keras.saving.serialize_keras_object(self.schedule),
+            "accumulation_steps": self.accumulation_steps,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)

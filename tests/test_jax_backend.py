@@ -24,6 +24,7 @@ SHARED_TESTS = [
     "tests/test_encoders.py",
     "tests/test_normalization.py",
     "tests/test_long_runs.py",
+    "tests/test_accumulation.py",
 ]
 
 

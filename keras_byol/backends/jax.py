@@ -9,6 +9,8 @@ Imports no TensorFlow.
 import jax
 import keras
 
+from keras_byol.model import accumulation_steps, optimizer_of
+
 
 def _run_stateless(variables, values, fn):
     """fn() with `variables` read as `values`; returns (fn's result, their new values)."""
@@ -21,9 +23,12 @@ def _run_stateless(variables, values, fn):
     return result, new_values
 
 
-def _iterations_index(optimizer):
-    """Position of the optimizer's step counter in `optimizer.variables`."""
-    return next(i for i, v in enumerate(optimizer.variables) if v is optimizer.iterations)
+def _step_counter(optimizer):
+    """(position of the optimizer's batch counter in `optimizer.variables`, N): applied
+    steps are counter // N (N > 1 under gradient accumulation, as Keras' `iterations`)."""
+    counter = optimizer_of(optimizer)._iterations
+    index = next(i for i, v in enumerate(optimizer.variables) if v is counter)
+    return index, accumulation_steps(optimizer)
 
 
 def train_step(model, state, data):
@@ -52,13 +57,14 @@ def train_step(model, state, data):
     (_, (outputs, non_trainable)), gradients = gradient_fn(trainable, non_trainable)
 
     # k = optimizer steps applied before this one: the τ index of the official code.
-    iterations = _iterations_index(model.optimizer)
-    step = optimizer_values[iterations]
+    counter, every = _step_counter(model.optimizer)
+    step = optimizer_values[counter] // every
     trainable, optimizer_values = model.optimizer.stateless_apply(
         optimizer_values, gradients, trainable
     )
-    # A loss-scaling optimizer skips steps with non-finite gradients without counting them.
-    applied = optimizer_values[iterations] > step
+    # A loss-scaling optimizer skips steps with non-finite gradients without counting them;
+    # under gradient accumulation only every N-th batch applies a step.
+    applied = optimizer_values[counter] // every > step
     tau, new_values = _run_stateless(
         model_variables,
         list(trainable) + list(non_trainable),
