@@ -71,23 +71,31 @@ def _peak_rss_mib():
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+def _first_batch_and_views_per_s(args, source, seed):
+    """(seconds from the source to the first pretraining batch, views/s over --batches)."""
+    from keras_byol import data
+
+    started = time.perf_counter()
+    iterator = iter(
+        data.pretrain_dataset(
+            source, batch_size=args.batch, image_size=args.image_size, seed=seed, repeat=True
+        )
+    )
+    next(iterator)["view1"].numpy()
+    first_batch = time.perf_counter() - started
+    started = time.perf_counter()
+    for _ in range(args.batches):
+        next(iterator)["view1"].numpy()
+    return first_batch, args.batches * args.batch / (time.perf_counter() - started)
+
+
 def child_pipeline(args):
     from keras_byol import data
 
     started = time.perf_counter()
     classes = data.num_classes(args.folder)
     to_num_classes = time.perf_counter() - started
-    started = time.perf_counter()
-    dataset = data.pretrain_dataset(
-        args.folder, batch_size=args.batch, image_size=args.image_size, seed=0, repeat=True
-    )
-    iterator = iter(dataset)
-    next(iterator)["view1"].numpy()
-    to_first_batch = time.perf_counter() - started
-    started = time.perf_counter()
-    for _ in range(args.batches):
-        next(iterator)["view1"].numpy()
-    views_per_s = args.batches * args.batch / (time.perf_counter() - started)
+    to_first_batch, views_per_s = _first_batch_and_views_per_s(args, args.folder, seed=0)
     return {
         "classes": classes,
         "num_classes_s": round(to_num_classes, 2),
@@ -142,8 +150,6 @@ def write_tfds(root, folder):
 def child_tfds(args):
     import tensorflow_datasets as tfds
 
-    from keras_byol import data
-
     tfds_builder_class()  # registers the name
     tfds.core.add_data_dir(args.folder)
     result = {}
@@ -154,22 +160,7 @@ def child_tfds(args):
             and "seed=None" not in Path(args.code, "keras_byol", "data.py").read_text()
         ):
             continue  # a checkout without non-deterministic reads
-        started = time.perf_counter()
-        iterator = iter(
-            data.pretrain_dataset(
-                "byol_scale_jpegs",
-                batch_size=args.batch,
-                image_size=args.image_size,
-                seed=seed,
-                repeat=True,
-            )
-        )
-        next(iterator)["view1"].numpy()
-        first_batch = time.perf_counter() - started
-        started = time.perf_counter()
-        for _ in range(args.batches):
-            next(iterator)["view1"].numpy()
-        views_per_s = args.batches * args.batch / (time.perf_counter() - started)
+        first_batch, views_per_s = _first_batch_and_views_per_s(args, "byol_scale_jpegs", seed)
         result[label] = {
             "first_batch_s": round(first_batch, 2),
             "views_per_s": round(views_per_s, 1),

@@ -201,9 +201,10 @@ print(json.dumps({"devices": len(jax.devices()), "steps": [steps, parallel_steps
 """
 
 
-def _subprocess(script, **env):
+def _subprocess(script, *arguments, **env):
+    """Python running `script` (or, when None, `arguments`) from the repository root."""
     return subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, *(["-c", script] if script is not None else arguments)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -263,11 +264,7 @@ def test_the_job_accumulates_and_plans_its_schedules_in_optimizer_steps(tmp_path
     from its checkpoint resumes at a whole step and reads on from batch 8."""
     common = ["--flagfile=configs/smoke.cfg", "--steps_per_epoch=4", "--accumulation_steps=2"]
     common += ["--noevaluate", f"--workdir={tmp_path / 'run'}"]
-    done = subprocess.run(
-        [sys.executable, "-m", "keras_byol.train", *common, "--epochs=2"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )  # fmt: skip
+    done = _subprocess(None, "-m", "keras_byol.train", *common, "--epochs=2")
     assert done.returncode == 0, done.stderr[-3000:]
     model = keras.models.load_model(tmp_path / "run" / "byol.keras")
     assert int(model.optimizer.iterations) == 4
@@ -280,11 +277,7 @@ def test_the_job_accumulates_and_plans_its_schedules_in_optimizer_steps(tmp_path
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     peak = 0.2 * saved["batch_size"] * 2 / 256  # LARS base 0.2 × effective batch / 256
     assert inner[1]["peak_learning_rate"] == pytest.approx(peak)
-    longer = subprocess.run(
-        [sys.executable, "-m", "keras_byol.train", *common, "--epochs=3"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )  # fmt: skip
+    longer = _subprocess(None, "-m", "keras_byol.train", *common, "--epochs=3")
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "at step 4." in longer.stdout and "end at step 6" in longer.stdout
     assert int(keras.models.load_model(tmp_path / "run" / "byol.keras").optimizer.iterations) == 6
