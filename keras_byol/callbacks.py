@@ -8,7 +8,7 @@ import keras
 import numpy as np
 
 from keras_byol.batches import INPUT_PROBLEMS
-from keras_byol.model import accumulation_steps, optimizer_of
+from keras_byol.model import accumulation_steps, batch_counter
 from keras_byol.schedules import CosineTargetDecay
 from keras_byol.workdir import write_atomically
 
@@ -190,8 +190,7 @@ def _inside_accumulation_window(model):
     every = accumulation_steps(model.optimizer)
     if every == 1:
         return False
-    counter = optimizer_of(model.optimizer)._iterations
-    return int(keras.ops.convert_to_numpy(counter.value)) % every != 0
+    return int(keras.ops.convert_to_numpy(batch_counter(model.optimizer).value)) % every != 0
 
 
 def _finite_loss(logs):

@@ -407,11 +407,8 @@ def _tfds_records(name, split, input_context=None, with_ids=False):
             "TFDS_DATA_DIR to its folder."
         ) from error
     has_label = "label" in builder.info.features
-    if with_ids:
-        return records.map(
-            lambda example: {**_image_and_label(example, has_label), "id": example["tfds_id"]}
-        )
-    return records.map(lambda example: _image_and_label(example, has_label))
+    ids = (lambda example: {"id": example["tfds_id"]}) if with_ids else (lambda example: {})
+    return records.map(lambda example: {**_image_and_label(example, has_label), **ids(example)})
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

@@ -75,8 +75,9 @@ def _view_configs(config):
     return augment.BYOL_VIEW1, augment.BYOL_VIEW2
 
 
-def _pretrain_data(config, source, strategy, start_step=0, bad_files=None):
-    """(distributed stream of batches from optimizer step `start_step` on, steps per epoch).
+def _pretrain_data(config, source, strategy, start_batch=0, bad_files=None):
+    """(distributed stream of global batches from batch `start_batch` on (optimizer steps ×
+    accumulation_steps), batches per epoch).
 
     Each input pipeline (one per worker) reads its own shard with per-replica batches and
     its own seed; `strategy.distribute_datasets_from_function` deals its batches to the
@@ -102,7 +103,7 @@ def _pretrain_data(config, source, strategy, start_step=0, bad_files=None):
             view1=view1,
             view2=view2,
             input_context=input_context,
-            start_batch=start_step * replicas_per_pipeline,
+            start_batch=start_batch * replicas_per_pipeline,
             bad_files=bad_files,
         )
         batches_per_epoch.append((batches_per_pass or -1) // replicas_per_pipeline)

@@ -26,6 +26,12 @@ def optimizer_of(optimizer):
     return getattr(optimizer, "inner_optimizer", optimizer)
 
 
+def batch_counter(optimizer):
+    """The optimizer's count of the batches it was given (Keras' `iterations` is this
+    count ÷ N under gradient accumulation)."""
+    return optimizer_of(optimizer)._iterations
+
+
 def accumulation_steps(optimizer):
     """N of an optimizer built with `gradient_accumulation_steps=N`, else 1."""
     return int(getattr(optimizer_of(optimizer), "gradient_accumulation_steps", None) or 1)

@@ -9,7 +9,7 @@ Imports no TensorFlow.
 import jax
 import keras
 
-from keras_byol.model import accumulation_steps, optimizer_of
+from keras_byol.model import accumulation_steps, batch_counter
 
 
 def _run_stateless(variables, values, fn):
@@ -26,7 +26,7 @@ def _run_stateless(variables, values, fn):
 def _step_counter(optimizer):
     """(position of the optimizer's batch counter in `optimizer.variables`, N): applied
     steps are counter // N (N > 1 under gradient accumulation, as Keras' `iterations`)."""
-    counter = optimizer_of(optimizer)._iterations
+    counter = batch_counter(optimizer)
     index = next(i for i, v in enumerate(optimizer.variables) if v is counter)
     return index, accumulation_steps(optimizer)
 
