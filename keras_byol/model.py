@@ -469,13 +469,14 @@ class BYOL(TrainerWorkarounds, keras.Model):
             check_accumulation(self)
         rate = getattr(optimizer_of(self.optimizer), "_learning_rate", None)
         if every > 1 and isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
-            if not isinstance(rate, AppliedSteps):
+            counted = rate.accumulation_steps if isinstance(rate, AppliedSteps) else 1
+            if counted != every:
                 warnings.warn(
                     f"The optimizer accumulates gradients over {every} batches and its "
-                    f"learning-rate schedule {type(rate).__name__} counts batches (Keras "
-                    "calls it with the batch count), so it runs "
-                    f"{every}× faster than the applied steps that τ counts. Wrap it: "
-                    f"keras_byol.schedules.AppliedSteps(schedule, {every}).",
+                    f"learning-rate schedule {type(rate).__name__} counts a step every "
+                    f"{counted} batch(es) (Keras calls it with the batch count), so it runs "
+                    f"{every / counted:g}× as fast as the applied steps that τ counts. Wrap "
+                    f"the schedule: keras_byol.schedules.AppliedSteps(schedule, {every}).",
                     stacklevel=3,
                 )
         if getattr(self, "loss", None) is not None:

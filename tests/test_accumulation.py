@@ -122,6 +122,10 @@ def test_an_unwrapped_learning_rate_schedule_is_named_with_the_fix():
     )
     with pytest.warns(UserWarning, match=r"AppliedSteps\(schedule, 2\)"):
         model.fit(data, batch_size=4, epochs=1, verbose=0)
+    mismatched = AppliedSteps(WarmupCosine(0.1, 1, 4), 4)  # counts every 4th batch, not 2nd
+    model.compile(optimizer=keras.optimizers.SGD(mismatched, gradient_accumulation_steps=2))
+    with pytest.warns(UserWarning, match=r"every 4 batch.*AppliedSteps\(schedule, 2\)"):
+        model.fit(data, batch_size=4, epochs=1, verbose=0)
     wrapped = AppliedSteps(WarmupCosine(0.1, 1, 4), 2)
     model.compile(optimizer=keras.optimizers.SGD(wrapped, gradient_accumulation_steps=2))
     with warnings.catch_warnings():
