@@ -9,6 +9,8 @@ import dataclasses
 import json
 
 from keras_byol.distribute import STRATEGIES
+from keras_byol.encoders import ENCODER_NORMS
+from keras_byol.heads import HEAD_NORMS
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -55,8 +57,17 @@ class PretrainConfig:
     encoder: str = _field("resnet18", "ResNet v1 depth.", choices=ENCODERS)
     width: float = _field(0.25, "Channel multiplier (1, 2, 4 in the paper; 64·width whole).")
     small_images: bool = _field(True, "3×3 stride-1 stem without max-pool (CIFAR-size images).")
-    norm: str = _field(
-        "batch", "BatchNorm, or GroupNorm + Weight Standardization.", choices=("batch", "group_ws")
+    encoder_norm: str = _field(
+        "batch",
+        "The encoder's normalization: batch (BatchNorm, the paper's), group_ws (GroupNorm + "
+        "Weight Standardization: no batch statistics) or none. --norm is another name for it.",
+        choices=ENCODER_NORMS,
+    )
+    head_norm: str = _field(
+        "batch",
+        "The projector's and predictor's hidden normalization: batch (the paper's), or "
+        "without batch statistics layer, group (32 groups) or none.",
+        choices=HEAD_NORMS,
     )
     projection_dim: int = _field(64, "Output width of projector and predictor (paper 256).")
     hidden_dim: int = _field(512, "Hidden width of the projector (paper 4096).")
@@ -252,6 +263,9 @@ class PretrainConfig:
     def from_dict(cls, values):
         """The config of `values`, ignoring keys that are not fields (e.g. a run's history)."""
         fields = {f.name for f in dataclasses.fields(cls)}
+        values = dict(values)
+        if "norm" in values:  # written before encoder_norm and head_norm existed
+            values.setdefault("encoder_norm", values.pop("norm"))
         return cls(**{k: v for k, v in values.items() if k in fields})
 
     @classmethod

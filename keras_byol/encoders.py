@@ -1,4 +1,4 @@
-"""ResNet v1 encoders (18–200, width ×k, small-image stem, BatchNorm or GroupNorm + WS)."""
+"""ResNet v1 encoders (18–200, width ×k, small-image stem; BatchNorm, GroupNorm + WS or none)."""
 
 import keras
 from keras import layers, ops
@@ -17,7 +17,8 @@ _ARCHITECTURES = {
     "resnet152": ("bottleneck", (3, 8, 36, 3)),
     "resnet200": ("bottleneck", (3, 24, 36, 3)),
 }
-_NORMS = ("batch", "group_ws")
+# The encoder's normalization choices; "batch" is the only one that reads batch statistics.
+ENCODER_NORMS = ("batch", "group_ws", "none")
 
 
 def _fan_in_truncated_normal():
@@ -87,12 +88,14 @@ class _Builder:
             kernel_size,
             strides=strides,
             padding="same",  # TF/Haiku 'SAME' (extra pad bottom/right), as the official code
-            use_bias=False,
+            use_bias=self.norm == "none",  # a normalization's β is the bias otherwise
             kernel_initializer=_fan_in_truncated_normal(),
             name=name,
         )(x)
 
     def normalize(self, x, name, zero_gamma=False):
+        if self.norm == "none":
+            return x
         gamma_init = "zeros" if zero_gamma and self.zero_init_residual else "ones"
         if self.norm == "batch":
             return FusedBatchNormalization(
@@ -103,8 +106,16 @@ class _Builder:
                 name=name,
             )(x)
         channels = x.shape[-1]
+        groups = min(self.groups, channels)
+        if x.shape[1] == x.shape[2] == 1 and channels == groups:
+            # One value per group is normalized to 0: the layer's output would be constant.
+            raise ValueError(
+                f"{name}: GroupNorm of {channels} channels in {groups} groups at 1×1 pixels "
+                "normalizes every value to a constant; use larger images, fewer groups or "
+                "a wider encoder."
+            )
         return layers.GroupNormalization(
-            groups=min(self.groups, channels),
+            groups=groups,
             epsilon=1e-5,
             gamma_initializer=gamma_init,
             name=name,
@@ -139,7 +150,7 @@ def resnet(
     width=1,
     norm="batch",
     groups=32,
-    zero_init_residual=True,
+    zero_init_residual=None,
     synchronized_batchnorm=True,
 ):
     """A ResNet v1 encoder mapping images in [0, 1] to pooled features.
@@ -151,11 +162,14 @@ def resnet(
             otherwise the ImageNet stem (7×7 stride-2 conv, 3×3 stride-2 max-pool).
         width: channel multiplier (1, 2, 4 in the paper; fractions such as 0.25 give small
             encoders for CPU runs, as long as 64·width is a whole number).
-        norm: "batch" (BatchNorm, momentum 0.9, ε 1e-5) or "group_ws" (GroupNorm +
-            Weight Standardization, the BYOL-without-batch-statistics variant).
+        norm: "batch" (BatchNorm, momentum 0.9, ε 1e-5), "group_ws" (GroupNorm +
+            Weight Standardization, the BYOL-without-batch-statistics variant; reads no
+            batch statistics) or "none" (no normalization layer; the convolutions get
+            biases instead: the "no normalization" row of the BatchNorm ablation).
         groups: GroupNorm groups (capped at the channel count); used with "group_ws".
         zero_init_residual: start the last normalization γ of every residual branch at 0,
-            as Haiku's ResNet v1 (used by the official code) does.
+            as Haiku's ResNet v1 (used by the official code) does. None (default): True
+            for "batch" and "group_ws", False for "none", which has no γ (True is refused).
         synchronized_batchnorm: normalize with the global batch's statistics whenever
             several `tf.distribute` replicas train (the recipe's setting; one device keeps
             the fused kernel). False: each replica normalizes its own slice.
@@ -172,8 +186,15 @@ def resnet(
     """
     if name not in _ARCHITECTURES:
         raise ValueError(f"Unknown encoder {name!r}; choose one of {sorted(_ARCHITECTURES)}.")
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}.")
+    if norm not in ENCODER_NORMS:
+        raise ValueError(f"norm must be one of {ENCODER_NORMS}, got {norm!r}.")
+    if zero_init_residual is None:
+        zero_init_residual = norm != "none"
+    elif zero_init_residual and norm == "none":
+        raise ValueError(
+            'zero_init_residual=True zeroes a normalization γ, and norm="none" has none: '
+            "pass zero_init_residual=False (or None) with it."
+        )
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(
             f"ResNet encoders take RGB images of shape (H, W, 3); got input_shape={input_shape}. "

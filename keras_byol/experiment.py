@@ -152,7 +152,7 @@ def build_encoder(config, synchronized_batchnorm=True):
         input_shape=(config.image_size, config.image_size, 3),
         small_images=config.small_images,
         width=config.width,
-        norm=config.norm,
+        norm=config.encoder_norm,
         synchronized_batchnorm=synchronized_batchnorm,
     )
 
@@ -228,6 +228,7 @@ def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnor
         num_classes=num_classes,
         synchronized_batchnorm=synchronized_batchnorm,
         concat_views=config.concat_views,
+        head_norm=config.head_norm,
     )
     model.compile(
         optimizer=build_optimizer(config, model, steps_per_epoch),

@@ -24,7 +24,8 @@ class MLPHead(keras.layers.Layer):
             the fused kernel). False: each replica normalizes its own slice.
         norm: the hidden layer's normalization: "batch" (the paper's), or one that reads
             no batch statistics: "layer" (LayerNorm over the hidden units), "group"
-            (GroupNorm, `GROUPS` groups of hidden units), "none".
+            (GroupNorm, `GROUPS` groups of hidden units; hidden_dim a multiple of
+            `GROUPS`, at least 2 × `GROUPS`), "none".
 
     Input shape (B, D_in) → output shape (B, output_dim).
 
@@ -53,10 +54,14 @@ class MLPHead(keras.layers.Layer):
         elif norm == "layer":
             self.norm = layers.LayerNormalization(epsilon=1e-5, name="norm")
         elif norm == "group":
-            if self.hidden_dim % self.GROUPS:
+            # A group of one unit is normalized to 0: the head's output would not depend
+            # on its input, and nothing before it would learn.
+            if self.hidden_dim % self.GROUPS or self.hidden_dim < 2 * self.GROUPS:
                 raise ValueError(
                     f'MLPHead(norm="group") splits the {self.hidden_dim} hidden units into '
-                    f"{self.GROUPS} groups: make hidden_dim a multiple of {self.GROUPS}."
+                    f"{self.GROUPS} groups of at least 2 (a group of one unit normalizes to a "
+                    f"constant): make hidden_dim a multiple of {self.GROUPS}, at least "
+                    f"{2 * self.GROUPS}."
                 )
             self.norm = layers.GroupNormalization(self.GROUPS, epsilon=1e-5, name="norm")
         else:

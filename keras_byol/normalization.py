@@ -182,3 +182,19 @@ def layers_without_per_view_statistics(*networks):
         if isinstance(layer, keras.layers.BatchNormalization)
         and not isinstance(layer, FusedBatchNormalization)
     ]
+
+
+def layers_reading_batch_statistics(*networks):
+    """Paths of the layers in `networks` whose training-mode output depends on the batch.
+
+    These are the BatchNormalization layers (Keras' and `FusedBatchNormalization`): in
+    training mode each normalizes an example with its batch's mean and variance. An empty
+    list means every example is computed alone (GroupNorm, LayerNorm, no normalization),
+    as in BYOL without batch statistics (arXiv 2010.10241).
+    """
+    return [
+        layer.path
+        for network in networks
+        for layer in network._flatten_layers(include_self=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]

@@ -134,3 +134,57 @@ def show_retrieval(query_images, bank_images, indices, similarities=None, *, max
     figure.suptitle("Nearest neighbours by cosine similarity of encoder features")
     figure.tight_layout()
     return figure
+
+
+def normalization_ablation(summary):
+    """The normalization ablation (`keras_byol.ablation.summarize`): collapse and accuracy.
+
+    Left: the collapse monitor's `projection_std` per epoch for each variant (mean over
+    seeds), with the healthy level 1/√d dashed. Right: linear and 20-NN accuracy of each
+    variant beside the same architecture with random weights (bars at the mean over seeds,
+    whiskers from min to max). A variant whose every run diverged has no curve and no bars.
+    """
+    plt = _pyplot()
+    if not summary:
+        raise ValueError("The ablation summary is empty: run at least one variant.")
+    figure, (curves, bars) = plt.subplots(1, 2, figsize=(12.5, 4.2))
+    for entry in summary:
+        values = entry["projection_std_curve"]
+        if values:
+            curves.plot(np.arange(1, len(values) + 1), values, marker="o", label=entry["label"])
+    curves.axhline(
+        summary[0]["healthy_projection_std"], color="grey", linestyle="--", label="1/√d (healthy)"
+    )
+    curves.set_title("Collapse monitor")
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("projection_std (0 = collapsed)")
+    curves.legend(fontsize=8)
+    curves.grid(alpha=0.3)
+
+    columns = (
+        ("linear", "BYOL linear"),
+        ("random_linear", "random linear"),
+        ("knn20", "BYOL 20-NN"),
+        ("random_knn20", "random 20-NN"),
+    )
+    width = 0.8 / len(columns)
+    positions = np.arange(len(summary))
+    for offset, (key, label) in enumerate(columns):
+        spreads = [entry[key] for entry in summary]
+        means = np.array([s["mean"] if s else np.nan for s in spreads])
+        low = np.array([s["mean"] - s["min"] if s else 0.0 for s in spreads])
+        high = np.array([s["max"] - s["mean"] if s else 0.0 for s in spreads])
+        bars.bar(
+            positions + (offset - 1.5) * width, means, width, yerr=[low, high], label=label,
+            hatch="//" if key.startswith("random") else None, capsize=2,
+        )  # fmt: skip
+    bars.set_xticks(positions)
+    bars.set_xticklabels([entry["label"] for entry in summary], rotation=20, ha="right", fontsize=8)
+    bars.set_ylabel("held-out accuracy")
+    bars.set_ylim(0, 1)
+    bars.set_title("Accuracy of the frozen encoder")
+    bars.legend(fontsize=8)
+    bars.grid(alpha=0.3, axis="y")
+    figure.suptitle("Normalization ablation (same recipe, seed and budget per variant)")
+    figure.tight_layout()
+    return figure

@@ -36,6 +36,7 @@ def _define_flag(field):
 
 for _field in dataclasses.fields(PretrainConfig):
     _define_flag(_field)
+flags.DEFINE_alias("norm", "encoder_norm")  # its name before head_norm existed
 flags.DEFINE_string(
     "workdir", "byol_workdir", "Run folder: checkpoint, logs, exports. Rerun to resume."
 )

@@ -139,7 +139,7 @@ def test_an_unwrapped_learning_rate_schedule_is_named_with_the_fix():
 @pytest.mark.parametrize("norm", HEAD_NORMS)
 def test_each_head_normalization_trains_and_round_trips(norm, tmp_path):
     keras.utils.set_random_seed(0)
-    model = keras_byol.BYOL(tiny_encoder(8), projection_dim=8, hidden_dim=32, head_norm=norm)
+    model = keras_byol.BYOL(tiny_encoder(8), projection_dim=8, hidden_dim=64, head_norm=norm)
     model.compile(optimizer=keras.optimizers.SGD(0.1))
     view1, view2 = view_batches(8, image_size=8)
     history = model.fit({"view1": view1, "view2": view2}, batch_size=4, epochs=1, verbose=0)
@@ -155,13 +155,13 @@ def test_each_head_normalization_trains_and_round_trips(norm, tmp_path):
 def test_batch_free_heads_treat_each_example_alone_in_training(norm):
     """In training mode, an example's output does not depend on the rest of its batch."""
     keras.utils.set_random_seed(0)
-    head = MLPHead(32, 8, norm=norm)
+    head = MLPHead(64, 8, norm=norm)
     inputs = np.random.default_rng(0).standard_normal((8, 16)).astype("float32")
     together = np.asarray(head(inputs, training=True))
     alone = np.concatenate([np.asarray(head(inputs[i : i + 1], training=True)) for i in range(8)])
     np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
     if norm != "batch":
-        batch_head = MLPHead(32, 8, norm="batch")
+        batch_head = MLPHead(64, 8, norm="batch")
         together = np.asarray(batch_head(inputs, training=True))
         first = np.asarray(batch_head(inputs[:2], training=True))
         assert not np.allclose(first, together[:2], atol=1e-3)  # BN reads the batch
@@ -172,6 +172,8 @@ def test_a_head_normalization_outside_the_choices_is_refused():
         MLPHead(32, 8, norm="instance")
     with pytest.raises(ValueError, match="multiple of 32"):
         MLPHead(48, 8, norm="group")
+    with pytest.raises(ValueError, match="normalizes to a constant"):
+        MLPHead(32, 8, norm="group")  # groups of one unit: a constant output
 
 
 _MIRRORED = """

@@ -25,6 +25,7 @@ SHARED_TESTS = [
     "tests/test_normalization.py",
     "tests/test_long_runs.py",
     "tests/test_accumulation.py",
+    "tests/test_normalization_choices.py",
 ]
 
 

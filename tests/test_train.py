@@ -13,8 +13,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_byol import callbacks, experiment
+from keras_byol import callbacks, experiment, normalization
 from keras_byol import config as config_module
+from tests.conftest import view_batches
+from tests.test_normalization_choices import assert_each_example_computed_alone
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
@@ -73,7 +75,7 @@ def test_presets_carry_the_official_values():
     c300 = _parse(ROOT / "configs" / "imagenet_resnet50_300ep.cfg")
     assert (c300.base_learning_rate, c300.base_tau, c300.batch_size) == (0.3, 0.99, 4096)
     gn = _parse(ROOT / "configs" / "imagenet_resnet50_groupnorm_ws.cfg")
-    assert gn.norm == "group_ws" and gn.epochs == 1000
+    assert (gn.encoder_norm, gn.head_norm, gn.epochs) == ("group_ws", "group", 1000)
     quick = _parse(ROOT / "configs" / "imagenette_resnet18.cfg")
     assert (
         quick.image_size,
@@ -88,6 +90,33 @@ def test_presets_carry_the_official_values():
         1e-5,
         0.02,
     )
+
+
+def test_the_batch_free_preset_reads_no_batch_statistics():
+    """configs/imagenet_resnet50_groupnorm_ws.cfg as the job builds it (at 32 px, ⅛ width):
+    no layer of the online or target networks reads the batch, and in training mode each
+    example's outputs are the same in a batch of 8 as alone."""
+    small = {"image_size": 32, "width": 0.125, "hidden_dim": 64, "projection_dim": 16}
+    preset = _parse(ROOT / "configs" / "imagenet_resnet50_groupnorm_ws.cfg")
+    model = experiment.build_model(dataclasses.replace(preset, **small), steps_per_epoch=10)
+    networks = (model.encoder, model.projector, model.predictor)
+    targets = (model.target_encoder, model.target_projector)
+    assert normalization.layers_reading_batch_statistics(*networks, *targets) == []
+    view1, view2 = view_batches(8, image_size=32)
+    assert_each_example_computed_alone(model, view1, view2)
+    vanilla = _parse(ROOT / "configs" / "imagenet_resnet50_1000ep.cfg")
+    model = experiment.build_model(dataclasses.replace(vanilla, **small), steps_per_epoch=10)
+    assert normalization.layers_reading_batch_statistics(model.encoder, model.projector)
+
+
+def test_norm_flag_and_old_run_records_still_name_the_encoder_normalization(tmp_path):
+    flagfile = tmp_path / "old.cfg"
+    flagfile.write_text("--flagfile=configs/smoke.cfg\n--norm=group_ws\n--head_norm=layer\n")
+    parsed = _parse(flagfile)
+    assert (parsed.encoder_norm, parsed.head_norm) == ("group_ws", "layer")
+    # config.json of a run written before head_norm existed: its encoder keeps "norm".
+    old = config_module.PretrainConfig.from_dict({"norm": "group_ws", "epochs": 3})
+    assert (old.encoder_norm, old.head_norm, old.epochs) == ("group_ws", "batch", 3)
 
 
 def test_config_rules_name_the_offending_values():
