@@ -1,6 +1,6 @@
 """Normalization per network part (encoder: batch | group_ws | none; heads: batch | layer |
-group | none): each ablation variant builds, trains and round-trips; batch-free models
-compute every example alone; concatenated views stay exact without BatchNorm."""
+group | none): each choice builds, trains and round-trips; batch-free models compute every
+example alone; concatenated views stay exact without BatchNorm."""
 
 import keras
 import numpy as np
@@ -61,8 +61,14 @@ def test_an_encoder_without_normalization_has_biases_and_no_norm_layer():
         encoders.resnet("resnet18", (IMAGE, IMAGE, 3), norm="layer")
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=[v.name for v in VARIANTS])
-def test_each_ablation_variant_trains_and_round_trips(variant, tmp_path):
+# Every encoder normalization and every head normalization but "layer" (whose head is
+# trained on both backends in test_accumulation.py); the two mixed variants combine the
+# same layers (they were trained end to end by the ablation run, not here: CI time).
+COVERING = [v for v in VARIANTS if v.name in ("bn_everywhere", "no_norm", "gn_ws")]
+
+
+@pytest.mark.parametrize("variant", COVERING, ids=[v.name for v in COVERING])
+def test_each_normalization_trains_and_round_trips(variant, tmp_path):
     keras.utils.set_random_seed(0)
     model = _byol(variant.encoder_norm, variant.head_norm)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9))
@@ -85,7 +91,7 @@ def test_each_ablation_variant_trains_and_round_trips(variant, tmp_path):
 
 def test_without_batch_statistics_each_example_is_computed_alone():
     keras.utils.set_random_seed(0)
-    view1, view2 = view_batches(8, image_size=IMAGE)
+    view1, view2 = view_batches(4, image_size=IMAGE)
     for encoder_norm, head_norm in (("group_ws", "group"), ("group_ws", "layer"), ("none", "none")):
         model = _byol(encoder_norm, head_norm)
         assert (
@@ -99,13 +105,13 @@ def test_without_batch_statistics_each_example_is_computed_alone():
         assert_each_example_computed_alone(_byol("batch", "none"), view1, view2)
 
 
-@pytest.mark.parametrize("norms", [("group_ws", "group"), ("none", "layer")])
-def test_concatenated_views_equal_a_pass_per_view_without_batchnorm(norms):
+def test_concatenated_views_equal_a_pass_per_view_without_batchnorm():
     view1, view2 = view_batches(8, image_size=IMAGE)
     outputs = []
     for concat_views in (False, True):
         keras.utils.set_random_seed(0)
-        outputs.append(online_and_target_outputs(_byol(*norms, concat_views), view1, view2))
+        model = _byol("group_ws", "group", concat_views)
+        outputs.append(online_and_target_outputs(model, view1, view2))
     for got, want in zip(*outputs):
         assert_same_up_to_rounding(got, want)
 
