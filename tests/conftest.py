@@ -1,6 +1,11 @@
-"""Shared fixtures: tiny encoders and view batches (32×32, batch ≤ 8), fixed seeds."""
+"""Shared fixtures: tiny encoders and view batches (32×32, batch ≤ 8), fixed seeds, and one
+finished run of the smoke job that the CLI tests copy instead of each training its own."""
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -35,3 +40,31 @@ def _seed_and_policy():
     keras.utils.set_random_seed(0)
     yield
     keras.config.set_dtype_policy("float32")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def _finished_smoke_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("smoke") / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_byol.train", "--flagfile=configs/smoke.cfg",
+         f"--workdir={workdir}"],
+        capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env={**{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+             "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir, result.stdout
+
+
+@pytest.fixture
+def smoke_run(_finished_smoke_run, tmp_path):
+    """(workdir, stdout): a copy, in tmp_path/"run", of one finished `python -m
+    keras_byol.train --flagfile=configs/smoke.cfg` (6 steps, checkpoint, export, evaluation)
+    trained once per session; the stdout is that run's."""
+    source, stdout = _finished_smoke_run
+    workdir = tmp_path / "run"
+    shutil.copytree(source, workdir)
+    return workdir, stdout

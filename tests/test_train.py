@@ -133,17 +133,11 @@ def test_config_rules_name_the_offending_values():
 
 
 @pytest.mark.slow
-def test_cli_end_to_end_on_smoke_config_then_rerun_resumes(tmp_path):
-    workdir = tmp_path / "run"
-    result = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (
-        "epoch 2: loss" in result.stdout
-        and "tau" in result.stdout
-        and "projection_std" in result.stdout
-    )
-    assert "probe_accuracy" in result.stdout  # the bundled digits have labels
-    assert "Linear protocol (center-crop features) / 20-NN accuracy" in result.stdout
+def test_cli_end_to_end_on_smoke_config_then_rerun_resumes(smoke_run):
+    workdir, stdout = smoke_run  # python -m keras_byol.train --flagfile=configs/smoke.cfg
+    assert "epoch 2: loss" in stdout and "tau" in stdout and "projection_std" in stdout
+    assert "probe_accuracy" in stdout  # the bundled digits have labels
+    assert "Linear protocol (center-crop features) / 20-NN accuracy" in stdout
     for name in (
         "config.json",
         "byol.keras",
@@ -227,10 +221,8 @@ def test_resume_after_kill_9_between_step_checkpoints_matches_an_uninterrupted_r
 
 
 @pytest.mark.slow
-def test_extending_a_finished_run_trains_the_new_epochs_with_replanned_schedules(tmp_path):
-    workdir = tmp_path / "run"
-    first = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate")
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_extending_a_finished_run_trains_the_new_epochs_with_replanned_schedules(smoke_run):
+    workdir, _ = smoke_run
     longer = _train(
         "--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate", "--epochs=4"
     )
@@ -250,10 +242,8 @@ def test_extending_a_finished_run_trains_the_new_epochs_with_replanned_schedules
 
 
 @pytest.mark.slow
-def test_a_change_a_resume_cannot_honour_is_refused_and_the_workdir_is_untouched(tmp_path):
-    workdir = tmp_path / "run"
-    first = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate")
-    assert first.returncode == 0, first.stderr[-3000:]
+def test_a_change_a_resume_cannot_honour_is_refused_and_the_workdir_is_untouched(smoke_run):
+    workdir, _ = smoke_run
     before = _files(workdir)
     result = _train(
         "--flagfile=configs/smoke.cfg",
@@ -282,10 +272,8 @@ assert "serving_default" in loaded.signatures
 
 
 @pytest.mark.slow
-def test_exported_encoder_reloads_without_keras_byol(tmp_path):
-    workdir = tmp_path / "run"
-    result = _train("--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate")
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_exported_encoder_reloads_without_keras_byol(smoke_run, tmp_path):
+    workdir, _ = smoke_run
     images = np.random.default_rng(0).integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
     np.save(tmp_path / "images.npy", images)
     reload = subprocess.run(
