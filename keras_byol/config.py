@@ -87,8 +87,8 @@ class PretrainConfig:
         "Batches whose gradients are averaged into one optimizer step (gradient "
         "accumulation): the effective batch is batch_size × N and the learning rate scales "
         "with it; τ and the schedules count optimizer steps. BatchNorm still normalizes each "
-        "batch alone. Not under --strategy=mirrored or multi_worker (Keras' accumulation "
-        "cannot synchronize there); on one device, or the JAX backend.",
+        "batch alone. Under --strategy=mirrored or multi_worker not with "
+        "--precision=mixed_float16 (loss scaling).",
     )
     optimizer: str = _field(
         "lars",

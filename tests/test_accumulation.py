@@ -2,6 +2,7 @@
 normalization choices: N batches of B/N accumulate into the step one batch of B takes when
 nothing reads batch statistics; the Polyak update and τ follow applied steps only."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -30,23 +31,31 @@ def _batch_free_encoder():
     return keras.Model(images, layers.GlobalAveragePooling2D()(x))
 
 
-def _run(accumulate, batch_size, images=16, optimizer="sgd"):
+def _run(
+    accumulate, batch_size, images=16, optimizer="sgd", scope=contextlib.nullcontext, keep=None
+):
     """(online weights, target weights, τ per batch, applied steps) after one epoch over
-    `images` view pairs, SGD with momentum (or LARS with weight decay) and a warm-up cosine
-    counted in applied steps."""
+    `images` view pairs, SGD with momentum and decoupled weight decay (or LARS with its L2
+    weight decay) and a warm-up cosine counted in applied steps; the model is built and
+    compiled in `scope()` (a strategy's scope); the model is appended to the list `keep`."""
     keras.utils.set_random_seed(0)
-    model = keras_byol.BYOL(
-        _batch_free_encoder(), projection_dim=8, hidden_dim=16, head_norm="none"
-    )
-    schedule = WarmupCosine(0.5, 1, 4)
-    extra = {}
-    if accumulate > 1:
-        schedule = AppliedSteps(schedule, accumulate)
-        extra["gradient_accumulation_steps"] = accumulate
-    if optimizer == "lars":
-        model.compile(optimizer=keras_byol.optimizers.LARS(schedule, weight_decay=1e-4, **extra))
-    else:
-        model.compile(optimizer=keras.optimizers.SGD(schedule, momentum=0.9, **extra))
+    with scope():
+        model = keras_byol.BYOL(
+            _batch_free_encoder(), projection_dim=8, hidden_dim=16, head_norm="none"
+        )
+        schedule = WarmupCosine(0.5, 1, 4)
+        extra = {}
+        if accumulate > 1:
+            schedule = AppliedSteps(schedule, accumulate)
+            extra["gradient_accumulation_steps"] = accumulate
+        if optimizer == "lars":
+            model.compile(
+                optimizer=keras_byol.optimizers.LARS(schedule, weight_decay=1e-4, **extra)
+            )
+        else:
+            model.compile(
+                optimizer=keras.optimizers.SGD(schedule, momentum=0.9, weight_decay=1e-2, **extra)
+            )
     view1, view2 = view_batches(images, image_size=8)
     taus = []
     record = keras.callbacks.LambdaCallback(
@@ -60,6 +69,8 @@ def _run(accumulate, batch_size, images=16, optimizer="sgd"):
         verbose=0,
         callbacks=[record],
     )
+    if keep is not None:
+        keep.append(model)
     online = [np.array(v) for v in model.trainable_variables]
     target = [np.array(v) for v in model.target_weights]
     return online, target, taus, int(keras.ops.convert_to_numpy(model.optimizer.iterations))
@@ -85,12 +96,13 @@ def test_accumulated_batches_take_the_step_of_one_larger_batch(optimizer):
     assert _relative(small_online, big_online) > 1e-3
 
 
-def test_the_target_moves_only_on_applied_steps_with_batchnorm():
-    """With BatchNorm each batch keeps its own statistics (not one larger batch); still the
-    target stays put on the batch that only accumulates, and τ counts applied steps."""
+def _batchnorm_run(scope=contextlib.nullcontext):
+    """Accumulating 2 batches of 4 with a BatchNorm encoder, 16 view pairs: (whether the
+    target moved after each batch, τ per batch, applied steps, τ's planned total)."""
     keras.utils.set_random_seed(0)
-    model = keras_byol.BYOL(tiny_encoder(8), projection_dim=8, hidden_dim=16)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
+    with scope():
+        model = keras_byol.BYOL(tiny_encoder(8), projection_dim=8, hidden_dim=16)
+        model.compile(optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
     view1, view2 = view_batches(16, image_size=8)
     targets, taus = [[np.array(v) for v in model.target_weights]], []
 
@@ -107,10 +119,21 @@ def test_the_target_moves_only_on_applied_steps_with_batchnorm():
         callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=record)],
     )
     moved = [_relative(after, before) > 0 for before, after in zip(targets, targets[1:])]
+    steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    return moved, taus, steps, model.target_decay.total_steps
+
+
+def assert_the_target_follows_applied_steps(moved, taus, steps, total_steps):
     assert moved == [False, True, False, True]
-    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 2
-    assert model.target_decay.total_steps == 2  # planned in applied steps: 4 batches ÷ 2
+    assert steps == 2
+    assert total_steps == 2  # planned in applied steps: 4 batches ÷ 2
     assert taus[0] == taus[1] and taus[2] == taus[3] and taus[2] > taus[0]
+
+
+def test_the_target_moves_only_on_applied_steps_with_batchnorm():
+    """With BatchNorm each batch keeps its own statistics (not one larger batch); still the
+    target stays put on the batch that only accumulates, and τ counts applied steps."""
+    assert_the_target_follows_applied_steps(*_batchnorm_run())
 
 
 def test_an_unwrapped_learning_rate_schedule_is_named_with_the_fix():
@@ -177,19 +200,36 @@ def test_a_head_normalization_outside_the_choices_is_refused():
 
 
 _MIRRORED = """
-import numpy as np, tensorflow as tf
+import json, numpy as np, tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 import keras, keras_byol
 from tests.conftest import tiny_encoder, view_batches
-with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
-    model = keras_byol.BYOL(tiny_encoder(8), projection_dim=8, hidden_dim=16)
-    model.compile(optimizer=keras.optimizers.SGD(0.1, gradient_accumulation_steps=2))
+from tests.test_accumulation import _batchnorm_run, _relative, _run
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+result = {"replicas": strategy.num_replicas_in_sync}
+for optimizer in ("sgd", "lars"):
+    models = []
+    online, target, taus, steps = _run(2, 4, optimizer=optimizer, scope=strategy.scope,
+                                       keep=models)
+    # Each replica holds its own copy of every variable: they must not drift apart.
+    copies = [v.value.values for v in models[0].variables]
+    replicas_differ = max(float(np.max(np.abs(a.numpy() - b.numpy()))) for a, b in copies)
+    big_online, big_target, big_taus, big_steps = _run(1, 8, optimizer=optimizer)
+    result[optimizer] = {"steps": [steps, big_steps], "online": _relative(online, big_online),
+                         "target": _relative(target, big_target), "taus": taus,
+                         "big_taus": big_taus, "replicas_differ": replicas_differ}
+result["batchnorm"] = _batchnorm_run(strategy.scope)
+with strategy.scope():
+    clipped = keras_byol.BYOL(tiny_encoder(8), projection_dim=8, hidden_dim=16)
+    clipped.compile(
+        optimizer=keras.optimizers.SGD(0.1, clipnorm=1.0, gradient_accumulation_steps=2))
 view1, view2 = view_batches(8, image_size=8)
 try:
-    model.fit({"view1": view1, "view2": view2}, batch_size=4, epochs=1, verbose=0)
+    clipped.fit({"view1": view1, "view2": view2}, batch_size=4, epochs=1, verbose=0)
 except ValueError as error:
-    print(error)
+    result["clipnorm"] = str(error)
+print(json.dumps(result))
 """
 
 _DATA_PARALLEL = """
@@ -221,13 +261,24 @@ def _subprocess(script, *arguments, **env):
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
-def test_accumulation_under_mirrored_strategy_is_refused_with_the_alternatives():
-    """Keras applies accumulated gradients in a cond that MirroredStrategy cannot
-    synchronize: refused before the first step, naming what works."""
+def test_accumulation_under_mirrored_strategy_equals_one_larger_batch():
+    """MirroredStrategy over 2 logical CPUs (merge_call: Keras' own accumulation cannot run
+    there): 2 accumulated global batches of 4 (2 per replica) take the step of one batch of 8
+    on one device for SGD with decoupled weight decay and for LARS (≤ 1e-5 relative), with
+    the τ of the same applied steps; with BatchNorm the target moves on applied steps only
+    and τ counts them; what the cross-replica path leaves out (clipnorm) is refused."""
     result = _subprocess(_MIRRORED)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert "does not run under MirroredStrategy with 2 replicas" in result.stdout
-    assert "DataParallel" in result.stdout and "one device" in result.stdout
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["replicas"] == 2
+    for optimizer in ("sgd", "lars"):
+        run = measured[optimizer]
+        assert run["steps"] == [2, 2], optimizer
+        assert run["online"] <= 1e-5 and run["target"] <= 1e-5, (optimizer, run)
+        assert run["replicas_differ"] == 0, (optimizer, run)
+        np.testing.assert_allclose(run["taus"], np.repeat(run["big_taus"], 2), rtol=1e-6)
+    assert_the_target_follows_applied_steps(*measured["batchnorm"])
+    assert "without clipnorm" in measured["clipnorm"] and "DataParallel" in measured["clipnorm"]
 
 
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="runs JAX itself")

@@ -359,7 +359,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_runs_under_mirrored_strategy_on_logical_cpus(tmp_path):
+def test_cli_runs_under_mirrored_strategy_on_logical_cpus_with_accumulation(tmp_path):
     workdir = tmp_path / "run"
     result = _train(
         "--flagfile=configs/smoke.cfg",
@@ -368,13 +368,16 @@ def test_cli_runs_under_mirrored_strategy_on_logical_cpus(tmp_path):
         "--logical_cpus=2",
         "--eval_epochs=1",
         "--concat_views",
+        "--steps_per_epoch=4",
+        "--accumulation_steps=2",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "epoch 2: loss" in result.stdout and "Done: 6 steps" in result.stdout
+    # 2 epochs × 4 batches, 2 batches per optimizer step.
+    assert "epoch 2: loss" in result.stdout and "Done: 4 steps" in result.stdout
     assert (workdir / "encoder" / "saved_model.pb").exists()
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["strategy"] == "mirrored" and saved["sync_batchnorm"] is True
-    assert saved["concat_views"] is True
+    assert saved["concat_views"] is True and saved["accumulation_steps"] == 2
 
 
 def test_build_model_passes_the_lars_trust_coefficient():

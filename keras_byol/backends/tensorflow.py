@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_byol.model import accumulation_steps
+from keras_byol.model import accumulation_steps, optimizer_of
 from keras_byol.workarounds import give_multi_worker_logs_an_axis
 
 
@@ -28,7 +28,10 @@ def train_step(model, data):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         scaled_loss = optimizer.scale_loss(loss / replicas)
     gradients = tape.gradient(scaled_loss, online_variables)
-    optimizer.apply(gradients, online_variables)
+    if accumulation_steps(optimizer) > 1 and _needs_merge_call():
+        _accumulate_or_apply(optimizer, gradients, online_variables)
+    else:
+        optimizer.apply(gradients, online_variables)
     # A loss-scaling optimizer skips steps with non-finite gradients without counting them;
     # under gradient accumulation `iterations` counts applied steps (every N-th batch).
     applied = optimizer.iterations > step
@@ -37,23 +40,87 @@ def train_step(model, data):
     return give_multi_worker_logs_an_axis(logs, tf.distribute.get_strategy())
 
 
+def _needs_merge_call():
+    """Whether the current strategy synchronizes replicas with merge_call (Mirrored, and
+    MultiWorkerMirrored on CPUs or without XLA), with more than one replica."""
+    strategy = tf.distribute.get_strategy()
+    return (
+        strategy.num_replicas_in_sync > 1
+        and not tf.__internal__.distribute.strategy_supports_no_merge_call()
+    )
+
+
+def _accumulate_or_apply(optimizer, gradients, variables):
+    """Keras' gradient accumulation (`optimizer.apply` with gradient_accumulation_steps=N)
+    under a strategy that synchronizes with merge_call.
+
+    Keras chooses between adding a batch's gradients to its accumulators and applying their
+    mean with a cond in replica context whose branches call merge_call, which these strategies
+    cannot synchronize. Here the cond runs in cross-replica context and each branch re-enters
+    the replicas (the way Keras' LossScaleOptimizer applies its cond); the branches are Keras'
+    own: per-replica accumulators, on the N-th batch (sum + this batch) / N all-reduced,
+    weight decay and the update step, then the accumulators reset; the batch counter
+    advances every batch. Called in replica context.
+    """
+    every = optimizer.gradient_accumulation_steps
+    pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
+    gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
+    accumulators = [
+        optimizer._accumulated_gradients[optimizer._get_variable_index(v)] for v in variables
+    ]
+
+    def apply(gradients):
+        mean = [(g + a) / every for g, a in zip(gradients, accumulators)]
+        optimizer._apply_weight_decay(variables)
+        optimizer._backend_update_step(mean, variables, optimizer.learning_rate)
+        optimizer._backend_reset_gradient_accumulators()
+
+    def accumulate(gradients):
+        optimizer._backend_increment_gradient_accumulators(gradients, accumulators)
+
+    def in_cross_replica_context(strategy, gradients):
+        applies = tf.equal((optimizer._iterations + 1) % every, 0)
+        tf.cond(
+            applies,
+            lambda: strategy.extended.call_for_each_replica(apply, args=(gradients,)),
+            lambda: strategy.extended.call_for_each_replica(accumulate, args=(gradients,)),
+        )
+        optimizer._iterations.assign_add(1)
+
+    tf.distribute.get_replica_context().merge_call(in_cross_replica_context, args=(gradients,))
+
+
 def check_accumulation(model):
-    """Raises when the optimizer accumulates gradients under a tf.distribute strategy that
-    synchronizes replicas with merge_call (Mirrored, MultiWorkerMirrored on CPUs or without
-    XLA): Keras applies accumulated gradients inside a cond, which those strategies cannot
-    synchronize ("merge_call called while defining a new graph")."""
+    """Raises for what `_accumulate_or_apply` does not carry over from Keras' `apply` under a
+    merge_call strategy: loss scaling (its own cond around the apply), gradient clipping,
+    the optimizer's EMA and variable constraints."""
     strategy = model.distribute_strategy
     if accumulation_steps(model.optimizer) == 1 or strategy.num_replicas_in_sync == 1:
         return
     with strategy.scope():
         needs_merge_call = not tf.__internal__.distribute.strategy_supports_no_merge_call()
-    if needs_merge_call:
+    if not needs_merge_call:
+        return
+    optimizer = model.optimizer
+    unsupported = [
+        name
+        for name, used in (
+            ("a LossScaleOptimizer (mixed_float16)", optimizer is not optimizer_of(optimizer)),
+            ("loss_scale_factor", optimizer.loss_scale_factor is not None),
+            ("clipnorm", optimizer.clipnorm is not None),
+            ("clipvalue", optimizer.clipvalue is not None),
+            ("global_clipnorm", optimizer.global_clipnorm is not None),
+            ("use_ema", optimizer_of(optimizer).use_ema),
+            ("variable constraints", any(v.constraint for v in model.trainable_variables)),
+        )
+        if used
+    ]
+    if unsupported:
         raise ValueError(
             f"Gradient accumulation (gradient_accumulation_steps="
-            f"{accumulation_steps(model.optimizer)}) does not run under "
-            f"{type(strategy).__name__} with {strategy.num_replicas_in_sync} replicas: Keras "
-            "applies accumulated gradients inside a cond that this strategy cannot "
-            "synchronize. Train with accumulation on one device, or on the JAX backend with "
-            "keras.distribution.DataParallel (KERAS_BACKEND=jax), or drop the accumulation "
-            "and use the replicas' larger global batch."
+            f"{accumulation_steps(optimizer)}) under {type(strategy).__name__} with "
+            f"{strategy.num_replicas_in_sync} replicas runs Keras' accumulation with its cond "
+            f"moved out of the replicas, without {', '.join(unsupported)}. Drop "
+            "them (mixed_bfloat16 needs no loss scaling), or train on one device, or on the "
+            "JAX backend with keras.distribution.DataParallel (KERAS_BACKEND=jax)."
         )
