@@ -8,7 +8,7 @@ a worker killed for memory prints a "failed" line). Prints JSON lines.
 
 --accumulation-steps N runs each batch size as N accumulated batches per optimizer step
 (the effective batch is N× larger; memory follows the batch, plus one gradient-sized
-accumulator); --remat builds the encoder in `keras.RematScope(mode="full")`; --arch and
+accumulator); --remat trains `BYOL(remat=True)`; --arch and
 --size choose the network (e.g. resnet50 at 224 px for the ImageNet recipe).
 
     python benchmarks/memory.py --batches 128,256,512,1024

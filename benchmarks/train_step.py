@@ -49,10 +49,8 @@ def run_variant(
 ):  # fmt: skip
     """Times `steps` calls of `steps_per_execution` batches after `warmup` untimed calls;
     returns one result dict. accumulation_steps N > 1: SGD accumulates N batches per
-    applied step (each call then covers N× the batches); remat: the encoder is built inside
-    `keras.RematScope(mode="full")` (activations recomputed in the backward pass)."""
-    import contextlib
-
+    applied step (each call then covers N× the batches); remat: `BYOL(remat=True)` (each
+    view's online encoder pass recomputed in the backward pass)."""
     import keras
 
     import keras_byol
@@ -60,10 +58,10 @@ def run_variant(
     _, jit_compile, policy, concat_views = VARIANTS[name]
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
-    scope = keras.RematScope(mode="full") if remat else contextlib.nullcontext()
-    with scope:
-        encoder = keras_byol.encoders.resnet(arch, (size, size, 3), small_images=size <= 64)
-    model = keras_byol.BYOL(encoder, projection_dim=256, hidden_dim=4096, concat_views=concat_views)
+    encoder = keras_byol.encoders.resnet(arch, (size, size, 3), small_images=size <= 64)
+    model = keras_byol.BYOL(
+        encoder, projection_dim=256, hidden_dim=4096, concat_views=concat_views, remat=remat
+    )
     extra = {"gradient_accumulation_steps": accumulation_steps} if accumulation_steps > 1 else {}
     model.compile(
         optimizer=keras.optimizers.SGD(0.06, momentum=0.9, **extra),
@@ -129,7 +127,7 @@ def main():
     parser.add_argument("--steps-per-execution", type=int, default=1, help="steps per call")
     parser.add_argument("--peer-python", default="", help="python with torch + lightly")
     parser.add_argument("--accumulation-steps", type=int, default=1, help="batches per step")
-    parser.add_argument("--remat", action="store_true", help="encoder in keras.RematScope")
+    parser.add_argument("--remat", action="store_true", help="BYOL(remat=True)")
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()

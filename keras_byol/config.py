@@ -162,6 +162,13 @@ class PretrainConfig:
         "step; slower on CPUs).",
         resume=FREE,
     )
+    remat: bool = _field(
+        False,
+        "Recompute each view's online encoder pass in the backward pass instead of keeping "
+        "its activations (less memory, one more encoder forward per view; the same step). "
+        "Not with --concat_views.",
+        resume=FREE,
+    )
     checkpoint_every_epochs: int = _field(
         1, "Epochs between checkpoints (one is always written at the end).", resume=FREE
     )
@@ -219,6 +226,11 @@ class PretrainConfig:
         need(
             self.weight_decay is None or self.weight_decay >= 0,
             f"weight_decay must be >= 0; got {self.weight_decay}.",
+        )
+        need(
+            not (self.remat and self.concat_views),
+            "remat and concat_views exclude each other: one pass over both views leaves "
+            "nothing for remat to save. Use one of them.",
         )
         if self.optimizer == "adamw" and self.learning_rate is not None:
             need(

@@ -229,6 +229,7 @@ def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnor
         synchronized_batchnorm=synchronized_batchnorm,
         concat_views=config.concat_views,
         head_norm=config.head_norm,
+        remat=config.remat,
     )
     model.compile(
         optimizer=build_optimizer(config, model, steps_per_epoch),

@@ -37,6 +37,27 @@ def accumulation_steps(optimizer):
     return int(getattr(optimizer_of(optimizer), "gradient_accumulation_steps", None) or 1)
 
 
+def rematerialized_call(network, inputs):
+    """`network(inputs, training=True)` whose activations are recomputed in the backward
+    pass instead of kept (`keras.remat`: jax.checkpoint, tf.recompute_grad).
+
+    The network runs as a pure function of its variables' values (`stateless_call`), so
+    the recomputation repeats no side effect: BatchNorm's moving statistics are assigned
+    once, from the forward pass. (`keras.RematScope` around the ResNets fails on both
+    backends: it hands the `training` flag to the checkpointed call as a traced value.)
+    """
+    trainable = [ops.convert_to_tensor(v) for v in network.trainable_variables]
+    non_trainable = [ops.convert_to_tensor(v) for v in network.non_trainable_variables]
+
+    def pure(trainable, non_trainable, inputs):
+        return network.stateless_call(trainable, non_trainable, inputs, training=True)
+
+    outputs, updated = keras.remat(pure)(trainable, non_trainable, inputs)
+    for variable, value in zip(network.non_trainable_variables, updated):
+        variable.assign(value)
+    return outputs
+
+
 def synchronize_batchnorms(network, synchronized):
     """Sets `synchronized` on every BatchNormalization layer of `network` (TensorFlow only).
 
@@ -102,6 +123,10 @@ class BYOL(TrainerWorkarounds, keras.Model):
         head_norm: the projector's and predictor's hidden normalization, "batch" (the
             paper's) or, reading no batch statistics, "layer", "group" or "none"
             (`heads.MLPHead`).
+        remat: recompute each view's online encoder pass in the backward pass
+            (`rematerialized_call`) instead of keeping its activations: the two views'
+            encoder activations are no longer held at once, for one more encoder forward
+            per view. The same step up to float rounding (tested). Not with concat_views.
 
     Gradient accumulation: compile with an optimizer built with
     `gradient_accumulation_steps=N` (Keras' own): each batch adds its gradients, every N-th
@@ -136,6 +161,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
         concat_views=False,
         num_classes=None,
         head_norm="batch",
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -183,6 +209,13 @@ class BYOL(TrainerWorkarounds, keras.Model):
         self.concat_views = bool(concat_views)
         if self.concat_views:
             self._check_per_view_statistics()
+        self.remat = bool(remat)
+        if self.remat and self.concat_views:
+            raise ValueError(
+                "remat=True recomputes each view's online encoder pass so that the two "
+                "passes' activations are not held at once; with concat_views=True there is "
+                "one pass over both views and nothing to save. Use one of them."
+            )
 
         # The τ schedule, mirrored in two variables that the compiled step reads (so a
         # re-planned K needs no retrace) and that checkpoints save; 0 steps = not set yet.
@@ -358,7 +391,10 @@ class BYOL(TrainerWorkarounds, keras.Model):
 
     def online_forward(self, view, training=True):
         """(features y, projection z, prediction p): (B, D), (B, d), (B, d) online."""
-        features = self.encoder(view, training=training)
+        if self.remat and training:
+            features = rematerialized_call(self.encoder, view)
+        else:
+            features = self.encoder(view, training=training)
         projection = self.projector(features, training=training)
         return features, projection, self.predictor(projection, training=training)
 
@@ -530,6 +566,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
             "concat_views": self.concat_views,
             "num_classes": self.num_classes,
             "head_norm": self.head_norm,
+            "remat": self.remat,
             "augmenter": (
                 None
                 if self.augmenter is None

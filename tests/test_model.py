@@ -443,3 +443,44 @@ def test_concat_views_in_mixed_precision_give_the_per_view_loss():
         assert tuple(outputs["projection"].shape) == (BATCH, 8)
         losses.append(float(loss))
     np.testing.assert_allclose(losses[1], losses[0], rtol=1e-2)  # bfloat16 rounding
+
+
+def _remat_run(remat, monkeypatch):
+    """(losses, weights, rematerialized encoder calls per trace) of 2 SGD steps of an
+    encoder with BatchNorm on 8 images (the ResNets run in benchmarks/memory.py --remat)."""
+    keras.utils.set_random_seed(0)
+    calls = []
+    rematerialized_call = keras_byol.model.rematerialized_call
+    monkeypatch.setattr(
+        keras_byol.model,
+        "rematerialized_call",
+        lambda network, inputs: (calls.append(1), rematerialized_call(network, inputs))[1],
+    )
+    model = keras_byol.BYOL(tiny_encoder(), projection_dim=8, hidden_dim=16, remat=remat)
+    model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    view1, view2 = view_batches(8)
+    history = model.fit(
+        {"view1": view1, "view2": view2}, batch_size=BATCH, epochs=1, shuffle=False, verbose=0
+    )
+    return history.history["loss"], [np.array(v) for v in model.weights], len(calls)
+
+
+def test_remat_takes_the_same_step(monkeypatch):
+    """Recomputing each online encoder pass in the backward pass changes nothing: the same
+    losses, online and target weights and BatchNorm moving statistics (assigned once per
+    pass, not again by the recomputation) after 2 steps."""
+    losses, weights, calls = _remat_run(False, monkeypatch)
+    remat_losses, remat_weights, remat_calls = _remat_run(True, monkeypatch)
+    assert calls == 0 and remat_calls >= 2  # two views per trace
+    np.testing.assert_allclose(remat_losses, losses, rtol=1e-5)
+    _assert_weights_close(remat_weights, weights)
+
+
+def test_remat_is_saved_and_refused_with_concat_views():
+    model = keras_byol.BYOL(tiny_encoder(), projection_dim=8, hidden_dim=16, remat=True)
+    assert keras_byol.BYOL.from_config(model.get_config()).remat is True
+    with pytest.raises(ValueError, match="nothing to save"):
+        keras_byol.BYOL(
+            tiny_encoder(norm=FusedBatchNormalization), projection_dim=8, concat_views=True,
+            remat=True,
+        )  # fmt: skip

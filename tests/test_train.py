@@ -126,6 +126,11 @@ def test_config_rules_name_the_offending_values():
         config_module.PretrainConfig(epochs=5, warmup_epochs=5)
     with pytest.raises(ValueError, match="lars_eta"):
         config_module.PretrainConfig(lars_eta=0.0)
+    with pytest.raises(ValueError, match="remat and concat_views exclude each other"):
+        config_module.PretrainConfig(remat=True, concat_views=True)
+    assert experiment.build_model(
+        config_module.PretrainConfig(image_size=16, hidden_dim=64, remat=True), 3
+    ).remat
     with pytest.raises(ValueError, match="adamw"):
         config_module.PretrainConfig(optimizer="adamw", learning_rate=0.2)
     assert config_module.PretrainConfig(optimizer="adamw").peak_learning_rate == 1e-3
