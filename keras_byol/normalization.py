@@ -169,6 +169,16 @@ def _replicas_in_sync():
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
+def _batchnorm_layers(networks):
+    """Every BatchNormalization layer (Keras' and subclasses) inside `networks`."""
+    return [
+        layer
+        for network in networks
+        for layer in network._flatten_layers(include_self=True)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+
+
 def layers_without_per_view_statistics(*networks):
     """Paths of BatchNormalization layers in `networks` that `per_view_statistics` misses.
 
@@ -177,10 +187,8 @@ def layers_without_per_view_statistics(*networks):
     """
     return [
         layer.path
-        for network in networks
-        for layer in network._flatten_layers(include_self=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-        and not isinstance(layer, FusedBatchNormalization)
+        for layer in _batchnorm_layers(networks)
+        if not isinstance(layer, FusedBatchNormalization)
     ]
 
 
@@ -192,9 +200,4 @@ def layers_reading_batch_statistics(*networks):
     list means every example is computed alone (GroupNorm, LayerNorm, no normalization),
     as in BYOL without batch statistics (arXiv 2010.10241).
     """
-    return [
-        layer.path
-        for network in networks
-        for layer in network._flatten_layers(include_self=True)
-        if isinstance(layer, keras.layers.BatchNormalization)
-    ]
+    return [layer.path for layer in _batchnorm_layers(networks)]

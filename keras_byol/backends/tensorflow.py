@@ -93,7 +93,7 @@ def _accumulate_or_apply(optimizer, gradients, variables):
 def check_accumulation(model):
     """Raises for what `_accumulate_or_apply` does not carry over from Keras' `apply` under a
     merge_call strategy: loss scaling (its own cond around the apply), gradient clipping,
-    the optimizer's EMA and variable constraints."""
+    the optimizer's EMA, variable constraints and float8's gradient-overwritten variables."""
     strategy = model.distribute_strategy
     if accumulation_steps(model.optimizer) == 1 or strategy.num_replicas_in_sync == 1:
         return
@@ -112,6 +112,12 @@ def check_accumulation(model):
             ("global_clipnorm", optimizer.global_clipnorm is not None),
             ("use_ema", optimizer_of(optimizer).use_ema),
             ("variable constraints", any(v.constraint for v in model.trainable_variables)),
+            (
+                "variables overwritten with their gradient (float8)",
+                any(
+                    getattr(v, "overwrite_with_gradient", False) for v in model.trainable_variables
+                ),
+            ),
         )
         if used
     ]
