@@ -43,6 +43,13 @@ def _seed_and_policy():
 
 
 ROOT = Path(__file__).resolve().parents[1]
+# The environment of the CLI subprocesses: the repository importable, no TF_CONFIG (a
+# multi-worker test's setting must not reach a one-process run), TensorFlow's logs quiet.
+SUBPROCESS_ENV = {
+    **{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
+    "PYTHONPATH": str(ROOT),
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+}
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +58,7 @@ def _finished_smoke_run(tmp_path_factory):
     result = subprocess.run(
         [sys.executable, "-m", "keras_byol.train", "--flagfile=configs/smoke.cfg",
          f"--workdir={workdir}"],
-        capture_output=True, text=True, timeout=600, cwd=ROOT,
-        env={**{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-             "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True, text=True, timeout=600, cwd=ROOT, env=SUBPROCESS_ENV,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir, result.stdout

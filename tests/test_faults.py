@@ -22,13 +22,10 @@ from PIL import Image
 
 import keras_byol
 from keras_byol import callbacks, data, evaluation, export
+from tests.conftest import SUBPROCESS_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
-ENV = {
-    **{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-    "PYTHONPATH": str(ROOT),
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}
+ENV = SUBPROCESS_ENV
 # One epoch of the smoke recipe (3 steps), no warm-up, no evaluation: the quickest real run.
 QUICK_RUN = ["--flagfile=configs/smoke.cfg", "--epochs=1", "--warmup_epochs=0", "--noevaluate"]
 

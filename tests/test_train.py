@@ -15,16 +15,12 @@ import pytest
 
 from keras_byol import callbacks, experiment, normalization
 from keras_byol import config as config_module
-from tests.conftest import view_batches
+from tests.conftest import SUBPROCESS_ENV, view_batches
 from tests.test_normalization_choices import assert_each_example_computed_alone
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.cfg"))
-ENV = {
-    **{k: v for k, v in os.environ.items() if k != "TF_CONFIG"},
-    "PYTHONPATH": str(ROOT),
-    "TF_CPP_MIN_LOG_LEVEL": "2",
-}
+ENV = SUBPROCESS_ENV
 
 
 def _train(*flags, timeout=600):
