@@ -1,9 +1,10 @@
 """keras_byol: BYOL (Bootstrap Your Own Latent) for Keras 3.
 
 Public names: `BYOL` and the submodules `losses`, `schedules`, `optimizers`, `encoders`,
-`heads`, `callbacks`, `monitors`, `evaluation`, and — loaded on first use, since they need
-TensorFlow or matplotlib — `augment`, `data`, `export`, `config`, `distribute`, `experiment`
-and `plots`. Importing sets no precision policy, device or seed.
+`heads`, `callbacks`, `monitors`, `evaluation`, `views`; loaded on first use (most need
+TensorFlow or matplotlib): `augment`, `data`, `export`, `config`, `distribute`,
+`experiment`, `plots`, and the TensorFlow-free `folders` and `image_batches`. Importing
+sets no precision policy, device or seed.
 """
 
 import importlib
@@ -17,15 +18,17 @@ from keras_byol import (
     monitors,
     optimizers,
     schedules,
+    views,
 )
 from keras_byol.model import BYOL
 
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = ("augment", "data", "export", "config", "distribute", "experiment", "plots")
+_LAZY_SUBMODULES += ("folders", "image_batches")
 
 __all__ = ["BYOL", "callbacks", "encoders", "evaluation", "heads", "losses", "monitors"]
-__all__ += ["optimizers", "schedules"]
+__all__ += ["optimizers", "schedules", "views"]
 __all__ += list(_LAZY_SUBMODULES)
 
 

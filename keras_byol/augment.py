@@ -1,4 +1,4 @@
-"""BYOL's two views: ViewConfig presets and TwoViewAugmenter, every random decision per image.
+"""BYOL's two views in tf.data (TensorFlow, on the CPU), every random decision per image.
 
 Pipeline of one view (BYOL paper, Table 6; official code's order):
 random resized crop (bicubic) → horizontal flip → colour jitter (brightness, contrast,
@@ -6,111 +6,32 @@ saturation, hue in random order, each clipped to [0, 1]; applied with p) → gra
 → Gaussian blur (separable) → solarize → clip to [0, 1].
 
 Sampling (`sample_view_params`) is separate from applying (`apply_view`) so that each
-can be tested on its own. Everything here is TensorFlow (tf.data runs it on the CPU; as a
-layer inside the model it runs on the accelerator with the TF backend). Speed: one RNG
-draw per view; from `COMPILED_MIN_SIZE` px up, tf.data runs the jitter ops XLA-compiled.
+can be tested on its own. Everything here is TensorFlow, one image at a time, for
+`data.pretrain_dataset(..., augment_on="cpu")`. Speed: one RNG draw per view; from
+`COMPILED_MIN_SIZE` px up, tf.data runs the jitter ops XLA-compiled.
 
-KerasCV and Keras' own augmentation layers are not used: their colour jitter parameterises
-saturation, contrast and ordering differently from the paper, there is no core resized
-crop or per-sample apply-probability, and their blur/solarize layers differ (see
-KERAS_NOTES); the one exact match, a random horizontal flip, is one `tf.cond` here.
+The same views inside the model, on any backend, are `keras_byol.views` (Keras layers;
+`TwoViewAugmenter`, `ViewConfig` and the presets live there and are re-exported here).
 """
 
-import dataclasses
 import math
 
-import keras
 import tensorflow as tf
+
+from keras_byol.views import (  # noqa: F401 (ViewConfig, the presets and the layer live there)
+    BYOL_VIEW1,
+    BYOL_VIEW2,
+    LINEAR_EVAL_VIEW,
+    SMALL_IMAGE_VIEW1,
+    SMALL_IMAGE_VIEW2,
+    TwoViewAugmenter,
+    ViewConfig,
+    blur_radius,
+)
 
 _LUMA = (0.2989, 0.5870, 0.1140)
 _JITTER_PARAMS = ("brightness", "contrast", "saturation", "hue")  # jitter_op indices 0-3
 _NUM_JITTER_OPS = len(_JITTER_PARAMS)
-_BRIGHTNESS_MODES = ("additive", "multiplicative")
-
-
-@dataclasses.dataclass(frozen=True)
-class ViewConfig:
-    """Every knob of one BYOL view; the defaults are the paper's view 1.
-
-    Attributes:
-        crop_area: (min, max) fraction of the image area kept by the random resized crop.
-        crop_ratio: (min, max) aspect ratio w/h, sampled log-uniformly.
-        flip_p: probability of a horizontal flip.
-        jitter_p: probability of applying the colour jitter (all four ops) to an image.
-        brightness: brightness strength b: δ drawn from U[−b, b].
-        brightness_mode: "additive" — x + δ, the official code's (default); or
-            "multiplicative" — x·(1 + δ), torchvision's ColorJitter (what PyTorch BYOL
-            libraries such as lightly and solo-learn apply). They differ where it shows on
-            dark backgrounds: an additive δ lifts black to grey, a factor keeps it black.
-        contrast: contrast factor drawn from U[1 − c, 1 + c], around the per-channel mean.
-        saturation: saturation factor drawn from U[1 − s, 1 + s] (HSV S channel).
-        hue: hue shift drawn from U[−h, h] in turns of the colour wheel (HSV H channel).
-        random_order: apply the four jitter ops in a random order per image.
-        grayscale_p: probability of converting to luma (0.2989, 0.5870, 0.1140) × 3.
-        blur_p: probability of a Gaussian blur.
-        blur_sigma: (min, max) of σ in pixels, drawn uniformly.
-        blur_kernel_fraction: the kernel spans this fraction of the output size: radius =
-            ⌊size·fraction⌋ // 2, taps = 2·radius + 1 (23 taps at 224 px).
-        solarize_p: probability of solarizing (x → 1 − x where x ≥ threshold).
-        solarize_threshold: the solarize threshold, in [0, 1] pixel units.
-    """
-
-    crop_area: tuple = (0.08, 1.0)
-    crop_ratio: tuple = (3.0 / 4.0, 4.0 / 3.0)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    brightness_mode: str = "additive"
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    random_order: bool = True
-    grayscale_p: float = 0.2
-    blur_p: float = 1.0
-    blur_sigma: tuple = (0.1, 2.0)
-    blur_kernel_fraction: float = 0.1
-    solarize_p: float = 0.0
-    solarize_threshold: float = 0.5
-
-    def __post_init__(self):
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"ViewConfig.{name} is a probability in [0, 1]; got {value}.")
-        lo, hi = self.crop_area
-        if not 0.0 < lo <= hi <= 1.0:
-            raise ValueError(
-                f"ViewConfig.crop_area needs 0 < min <= max <= 1; got {self.crop_area}."
-            )
-        lo, hi = self.crop_ratio
-        if not 0.0 < lo <= hi:
-            raise ValueError(f"ViewConfig.crop_ratio needs 0 < min <= max; got {self.crop_ratio}.")
-        if not 0.0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"ViewConfig.blur_sigma needs 0 < min <= max; got {self.blur_sigma}.")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"ViewConfig.{name} must be in [0, 1]; got {getattr(self, name)}.")
-        if self.brightness_mode not in _BRIGHTNESS_MODES:
-            raise ValueError(
-                f"ViewConfig.brightness_mode must be one of {_BRIGHTNESS_MODES}; got "
-                f"{self.brightness_mode!r}."
-            )
-        if not 0.0 <= self.hue <= 0.5:
-            raise ValueError(f"ViewConfig.hue must be in [0, 0.5]; got {self.hue}.")
-
-
-BYOL_VIEW1 = ViewConfig()
-"""The paper's view 1 (τ in Table 6): blur always, never solarize."""
-BYOL_VIEW2 = ViewConfig(blur_p=0.1, solarize_p=0.2)
-"""The paper's view 2 (τ′ in Table 6): blur p 0.1, solarize p 0.2."""
-SMALL_IMAGE_VIEW1 = dataclasses.replace(
-    BYOL_VIEW1, brightness=0.2, contrast=0.2, saturation=0.1, hue=0.05, blur_p=0.0
-)
-"""Small images (CIFAR-style, ~32 px): blur off, jitter strength 0.5; otherwise view 1."""
-SMALL_IMAGE_VIEW2 = dataclasses.replace(SMALL_IMAGE_VIEW1, solarize_p=0.2)
-"""Small images: as SMALL_IMAGE_VIEW1 with view 2's solarize p 0.2."""
-LINEAR_EVAL_VIEW = ViewConfig(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0)
-"""Training images of the linear and fine-tuning protocols: random resized crop + flip only."""
 
 
 def one_view(image, seed, size, config=LINEAR_EVAL_VIEW):
@@ -341,11 +262,6 @@ def to_grayscale(image):
     return tf.tensordot(image, weights, axes=1)
 
 
-def blur_radius(size, fraction=0.1):
-    """Kernel radius for an output of `size` px: taps = 2·radius + 1 (23 at 224 px)."""
-    return int(size * fraction) // 2
-
-
 def gaussian_blur(image, sigma, radius):
     """Separable Gaussian blur of an (H, W, 3) image, zero 'SAME' padding (official code)."""
     if radius < 1:
@@ -427,65 +343,3 @@ def two_views(image, seed, size, view1=BYOL_VIEW1, view2=BYOL_VIEW2, compiled=Fa
         params = sample_view_params(config, view_seed, height, width)
         views[name] = apply_view(image, params, size, config, compiled)
     return views
-
-
-# ------------------------------------------------------------------------------ layer
-@keras.saving.register_keras_serializable(package="keras_byol")
-class TwoViewAugmenter(keras.layers.Layer):
-    """Maps a batch of images to BYOL's two views, every random decision drawn per image.
-
-    Input: (B, H, W, C) uint8 in [0, 255] or float in [0, 1], C ∈ {1, 3, 4}, H, W ≥ 2.
-    Output: {"view1": (B, S, S, 3), "view2": (B, S, S, 3)} float32 in [0, 1], S = image_size.
-    Runs on the TensorFlow backend (in tf.data, or inside the model on the accelerator).
-
-    Args:
-        view1, view2: `ViewConfig`s (default: the paper's `BYOL_VIEW1`, `BYOL_VIEW2`).
-        image_size: output size S.
-        seed: integer seed; the same seed gives the same sequence of views.
-
-    Example:
-        >>> augmenter = TwoViewAugmenter(image_size=32, seed=0)
-        >>> views = augmenter(uint8_images)  # {"view1": (B, 32, 32, 3), "view2": ...}
-    """
-
-    def __init__(self, view1=BYOL_VIEW1, view2=BYOL_VIEW2, image_size=224, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.view1 = view1 if isinstance(view1, ViewConfig) else ViewConfig(**view1)
-        self.view2 = view2 if isinstance(view2, ViewConfig) else ViewConfig(**view2)
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be positive; got {image_size}.")
-        self.image_size = int(image_size)
-        self.seed = seed
-        # Created here, not in call: a tf.function must not create variables after tracing.
-        self._generator = (
-            tf.random.Generator.from_non_deterministic_state()
-            if seed is None
-            else tf.random.Generator.from_seed(seed)
-        )
-
-    def _seeds(self, batch_size):
-        return tf.transpose(self._generator.make_seeds(batch_size))  # (B, 2)
-
-    def call(self, images):
-        if len(images.shape) != 4:
-            raise ValueError(f"TwoViewAugmenter takes (B, H, W, C) images; got {images.shape}.")
-        seeds = self._seeds(tf.shape(images)[0])
-        spec = tf.TensorSpec((self.image_size, self.image_size, 3), tf.float32)
-        return tf.map_fn(
-            lambda args: two_views(args[0], args[1], self.image_size, self.view1, self.view2),
-            (images, seeds),
-            fn_output_signature={"view1": spec, "view2": spec},
-        )
-
-    def compute_output_shape(self, input_shape):
-        shape = (input_shape[0], self.image_size, self.image_size, 3)
-        return {"view1": shape, "view2": shape}
-
-    def get_config(self):
-        return {
-            **super().get_config(),
-            "view1": dataclasses.asdict(self.view1),
-            "view2": dataclasses.asdict(self.view2),
-            "image_size": self.image_size,
-            "seed": self.seed,
-        }

@@ -87,7 +87,7 @@ def unpack_views(data, image_shape, augmenter=None):
         if augmenter is None:
             raise TypeError(
                 "This batch holds raw 'images' but the model has no augmenter: build "
-                "BYOL(..., augmenter=keras_byol.augment.TwoViewAugmenter(image_size=...)) "
+                "BYOL(..., augmenter=keras_byol.views.TwoViewAugmenter(image_size=...)) "
                 'or make the views in tf.data (pretrain_dataset(..., augment_on="cpu")).'
             )
         data = augmenter(data["images"])

@@ -105,9 +105,9 @@ class BYOL(TrainerWorkarounds, keras.Model):
             target normalizes with the statistics of the global batch whenever several
             `tf.distribute` replicas train (the recipe's setting; one device keeps the
             fused kernel). False: each replica normalizes its own slice.
-        augmenter: optional `augment.TwoViewAugmenter` (TensorFlow backend): batches may
-            then be {"images": (B, H, W, 3) uint8 or float} and the views are made inside
-            the train step, on the accelerator.
+        augmenter: optional `views.TwoViewAugmenter` (any backend): batches may then be
+            {"images": (B, H, W, C) uint8 or float} and the views are made inside the
+            compiled train step, on the accelerator (README "Views").
         concat_views: run the online and the target network once over both views
             concatenated (2B images) instead of once per view. BatchNorm statistics stay
             per view (`normalization.per_view_statistics`), so the loss, gradients and
@@ -165,12 +165,6 @@ class BYOL(TrainerWorkarounds, keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if augmenter is not None and keras.backend.backend() != "tensorflow":
-            raise ValueError(
-                "BYOL(augmenter=...) runs TwoViewAugmenter, a TensorFlow-backend layer; on "
-                f"the {keras.backend.backend()} backend make the views in tf.data instead "
-                '(keras_byol.data.pretrain_dataset(..., augment_on="cpu")).'
-            )
         self.augmenter = augmenter
         self.image_shape = encoder_input_shape(encoder)
         feature_dim = pooled_feature_dim(encoder)
@@ -384,8 +378,11 @@ class BYOL(TrainerWorkarounds, keras.Model):
 
     # --------------------------------------------------------------------------- forward
     def call(self, inputs, training=False):
-        """Online encoder features (B, D) of images, or of the dict's "view1"."""
+        """Online encoder features (B, D) of images, or of the dict's "view1" (of the
+        augmenter's view 1 of a dict's raw "images" when the model has an augmenter)."""
         if isinstance(inputs, dict):
+            if "view1" not in inputs and self.augmenter is not None:
+                inputs = self.augmenter(inputs["images"])
             inputs = inputs["view1"] if "view1" in inputs else inputs["images"]
         return self.encoder(inputs, training=training)
 

@@ -2,15 +2,15 @@
 
 import colorsys
 import dataclasses
-import math
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from keras_byol import augment
+from tests import view_statistics
 
-N = 4000  # draws per statistical test: the std of a rate is ≤ 0.008, an error of 0.05 is > 6σ
+N = view_statistics.N
 
 
 def _seeds(count, start=0):
@@ -23,7 +23,7 @@ def _seeds(count, start=0):
     )
 
 
-def _sample_many(config, count=N, height=1000, width=1000):
+def _sample_many(config, count=N, height=view_statistics.SIDE, width=view_statistics.SIDE):
     fn = tf.function(lambda s: augment.sample_view_params(config, s, height, width))
     return {
         k: np.asarray(v)
@@ -88,25 +88,9 @@ def test_view_config_rejects_bad_values(field, value):
         augment.ViewConfig(**{field: value})
 
 
-# ------------------------------------------------------------------------- the crop
+# ------------------------------------------------------------- the draws' distributions
 def test_crop_area_and_log_ratio_distributions(view1_samples):
-    s = view1_samples
-    area = s["crop_height"] * s["crop_width"] / 1e6
-    log_ratio = np.log(s["crop_width"] / s["crop_height"])
-    assert area.min() >= 0.08 - 0.002 and area.max() <= 1.0
-    assert np.all(np.abs(log_ratio) <= math.log(4 / 3) + 0.01)
-    assert np.all(s["top"] + s["crop_height"] <= 1000) and np.all(
-        s["left"] + s["crop_width"] <= 1000
-    )
-    # Candidates with area ≤ 0.56 always fit a square image (√(0.56·4/3) < 1): there the
-    # accepted area is U[0.08, 0.56] and log-ratio U[log 3/4, log 4/3].
-    small = area <= 0.5
-    hist, _ = np.histogram(area[small], bins=6, range=(0.08, 0.5))
-    np.testing.assert_allclose(hist / hist.sum(), 1 / 6, atol=0.03)
-    hist, _ = np.histogram(log_ratio[small], bins=6, range=(math.log(3 / 4), math.log(4 / 3)))
-    np.testing.assert_allclose(hist / hist.sum(), 1 / 6, atol=0.03)
-    # Mass above 0.5 (minus the few rejected big candidates): (1 − 0.5)/0.92 ≈ 0.54.
-    assert 0.45 < np.mean(area > 0.5) < 0.56
+    view_statistics.check_crop_area_and_log_ratio(view1_samples)
 
 
 def test_crop_fallback_on_extreme_aspect_ratio():
@@ -115,49 +99,18 @@ def test_crop_fallback_on_extreme_aspect_ratio():
     assert (h, w) == (2, 3) and top == 0 and left == (400 - 3) // 2
 
 
-# --------------------------------------------------------------- rates of each decision
-@pytest.mark.parametrize(
-    "key,view,expected",
-    [
-        ("flip", 1, 0.5),
-        ("jitter", 1, 0.8),
-        ("grayscale", 1, 0.2),
-        ("blur", 1, 1.0),
-        ("solarize", 1, 0.0),
-        ("blur", 2, 0.1),
-        ("solarize", 2, 0.2),
-        ("flip", 2, 0.5),
-    ],
-)
+@pytest.mark.parametrize("key,view,expected", view_statistics.DECISION_RATES)
 def test_decision_rates(view1_samples, view2_samples, key, view, expected):
     samples = view1_samples if view == 1 else view2_samples
-    assert np.mean(samples[key]) == pytest.approx(expected, abs=0.025)
+    view_statistics.check_decision_rate(samples, key, expected)
 
 
 def test_jitter_parameter_ranges_are_uniform(view1_samples):
-    s = view1_samples
-    for key, low, high in [
-        ("brightness", -0.4, 0.4),
-        ("contrast", 0.6, 1.4),
-        ("saturation", 0.8, 1.2),
-        ("hue", -0.1, 0.1),
-    ]:
-        values = s[key]
-        assert values.min() >= low and values.max() <= high, key
-        assert values.mean() == pytest.approx((low + high) / 2, abs=0.02 * (high - low)), key
-        assert values.std() == pytest.approx((high - low) / math.sqrt(12), rel=0.05), key
-    sigma = s["sigma"]
-    assert (
-        sigma.min() >= 0.1 and sigma.max() <= 2.0 and sigma.mean() == pytest.approx(1.05, abs=0.03)
-    )
+    view_statistics.check_jitter_ranges(view1_samples)
 
 
 def test_jitter_order_varies_over_all_permutations(view1_samples):
-    orders = [tuple(o) for o in view1_samples["order"]]
-    assert all(sorted(o) == [0, 1, 2, 3] for o in orders)
-    counts = {o: orders.count(o) for o in set(orders)}
-    assert len(counts) == 24
-    assert max(counts.values()) / N < 1 / 24 + 0.02 and min(counts.values()) / N > 1 / 24 - 0.02
+    view_statistics.check_jitter_orders(view1_samples)
     fixed = _sample_many(dataclasses.replace(augment.BYOL_VIEW1, random_order=False), count=50)
     assert all(tuple(o) == (0, 1, 2, 3) for o in fixed["order"])
 
@@ -278,60 +231,3 @@ def test_compiled_views_equal_the_op_by_op_views():
         view_seed = tf.random.experimental.stateless_split(seed, 2)[0]  # as two_views
         jittered += int(augment.sample_view_params(augment.BYOL_VIEW1, view_seed, 1, 1)["jitter"])
     assert jittered >= 2  # the comparison covered jittered views
-
-
-# ---------------------------------------------------------- the augmenter end to end
-def test_augmenter_output_contract_for_uint8_and_float_inputs():
-    rng = np.random.default_rng(6)
-    uint8 = rng.integers(0, 256, (6, 40, 30, 3), dtype=np.uint8)
-    augmenter = augment.TwoViewAugmenter(image_size=24, seed=1)
-    for images in (uint8, uint8.astype(np.float32) / 255):
-        views = augmenter(images)
-        assert set(views) == {"view1", "view2"}
-        for v in views.values():
-            v = np.asarray(v)
-            assert (
-                v.shape == (6, 24, 24, 3)
-                and v.dtype == np.float32
-                and v.min() >= 0
-                and v.max() <= 1
-            )
-
-
-def test_grayscale_rgba_and_tiny_images_are_accepted():
-    rng = np.random.default_rng(7)
-    augmenter = augment.TwoViewAugmenter(image_size=8, seed=0)
-    for images in (
-        rng.integers(0, 256, (2, 10, 10, 1), dtype=np.uint8),
-        rng.integers(0, 256, (2, 10, 10, 4), dtype=np.uint8),
-        rng.integers(0, 256, (2, 2, 2, 3), dtype=np.uint8),
-    ):
-        assert augmenter(images)["view1"].shape == (2, 8, 8, 3)
-    with pytest.raises(ValueError, match="channels"):
-        augmenter(np.zeros((2, 10, 10, 2), np.uint8))
-    with pytest.raises(TypeError, match="uint8"):
-        augmenter(np.zeros((2, 10, 10, 3), np.int32))
-
-
-def test_every_decision_is_per_image_and_seeded():
-    image = np.random.default_rng(8).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
-    batch = np.repeat(image, 16, axis=0)  # the same image 16 times
-    views = augment.TwoViewAugmenter(image_size=16, seed=3)(batch)
-    v1 = np.asarray(views["view1"]).reshape(16, -1)
-    assert len({row.tobytes() for row in v1}) == 16  # 16 different views of one image
-    assert not np.allclose(views["view1"], views["view2"])
-    again = augment.TwoViewAugmenter(image_size=16, seed=3)(batch)
-    np.testing.assert_array_equal(views["view1"], again["view1"])
-    other = augment.TwoViewAugmenter(image_size=16, seed=4)(batch)
-    assert not np.allclose(views["view1"], other["view1"])
-
-
-def test_augmenter_config_roundtrip():
-    augmenter = augment.TwoViewAugmenter(
-        augment.SMALL_IMAGE_VIEW1, augment.SMALL_IMAGE_VIEW2, image_size=32, seed=5
-    )
-    restored = augment.TwoViewAugmenter.from_config(augmenter.get_config())
-    assert (
-        restored.view1 == augment.SMALL_IMAGE_VIEW1 and restored.view2 == augment.SMALL_IMAGE_VIEW2
-    )
-    assert (restored.image_size, restored.seed) == (32, 5)

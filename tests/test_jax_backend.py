@@ -26,6 +26,7 @@ SHARED_TESTS = [
     "tests/test_long_runs.py",
     "tests/test_accumulation.py",
     "tests/test_normalization_choices.py",
+    "tests/test_views.py",
 ]
 
 
@@ -77,6 +78,55 @@ print("ok")
 def test_jax_path_trains_and_saves_without_tensorflow(tmp_path):
     result = _run(
         [sys.executable, "-c", _WITHOUT_TENSORFLOW, str(tmp_path / "byol.keras")],
+        KERAS_BACKEND="jax",
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+_VIEWS_WITHOUT_TENSORFLOW = """
+import os, sys
+
+class NoTensorFlow:  # as if TensorFlow were not installed ("tensorflow" not in sys.modules:
+    def find_spec(self, name, path=None, target=None):  # Keras' layers look there)
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+sys.meta_path.insert(0, NoTensorFlow())
+import numpy as np, keras, keras_byol
+from PIL import Image
+from keras_byol import views
+from keras_byol.image_batches import ImageBatches
+from keras_byol.schedules import CosineTargetDecay
+folder, rng = sys.argv[1], np.random.default_rng(0)
+for name in ("cats", "dogs"):
+    os.makedirs(os.path.join(folder, name))
+    for i in range(6):
+        pixels = rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(os.path.join(folder, name, f"{i}.png"))
+batches = ImageBatches(folder, batch_size=4, image_size=16, seed=0)
+first = batches[0]
+assert len(batches) == 3 and first["images"].shape == (4, 18, 18, 3), first["images"].shape
+assert first["images"].dtype == np.uint8 and batches.class_names == ["cats", "dogs"]
+augmenter = views.TwoViewAugmenter(views.SMALL_IMAGE_VIEW1, views.SMALL_IMAGE_VIEW2, 16, seed=0)
+encoder = keras_byol.encoders.resnet("resnet18", input_shape=(16, 16, 3), small_images=True)
+model = keras_byol.BYOL(encoder, projection_dim=16, hidden_dim=32, num_classes=2,
+                        augmenter=augmenter, target_decay=CosineTargetDecay(0.996, 6))
+model.compile(optimizer=keras_byol.optimizers.LARS(0.1, weight_decay=1e-6))
+history = model.fit(batches, epochs=2, verbose=0)
+assert np.all(np.isfinite(history.history["loss"])), history.history
+assert int(model.optimizer.iterations) == 6
+loaded = [name for name, module in sys.modules.items() if module and name.startswith("tensorflow")]
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_views_on_the_device_from_a_folder_without_tensorflow(tmp_path):
+    """Folder → ImageBatches (Pillow) → BYOL whose augmenter makes the views in the jitted
+    step: the JAX path end to end with TensorFlow blocked."""
+    result = _run(
+        [sys.executable, "-c", _VIEWS_WITHOUT_TENSORFLOW, str(tmp_path / "images")],
         KERAS_BACKEND="jax",
     )
     assert result.returncode == 0, result.stderr[-4000:]

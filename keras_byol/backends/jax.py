@@ -38,7 +38,11 @@ def train_step(model, state, data):
         (logs, new_state), as Keras' JAX trainer expects.
     """
     trainable, non_trainable, optimizer_values, metrics_values = state
-    view1, view2, labels = model.read_batch(data)
+    # An augmenter's seed generators are non-trainable state: the views are drawn
+    # statelessly from their values and the advanced seeds carried on.
+    (view1, view2, labels), non_trainable = _run_stateless(
+        model.non_trainable_variables, non_trainable, lambda: model.read_batch(data)
+    )
     model_variables = model.trainable_variables + model.non_trainable_variables
     num_trainable = len(trainable)
 
