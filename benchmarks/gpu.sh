@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The speed issue's GPU benchmark on one NVIDIA GPU, JAX backend (needs no TensorFlow):
 # ResNet-50, 224 px, batch 256, mixed_bfloat16, LARS, views already on the device
-# (benchmarks/jax_step.py), the same with both views in one pass (--concat-views, slower on
-# CPUs, unmeasured on GPUs), then batch 512 for the memory scaling. Three compilations of
-# about a minute each; meant to finish in under 5 minutes on an H200.
+# (benchmarks/jax_step.py), then end to end from uint8 256 px images with the paper's views
+# made inside the jitted step (--views=device: images/s, and the views' share of a step),
+# the same with both views in one pass (--concat-views, slower on CPUs, unmeasured on GPUs),
+# then batch 512 for the memory scaling. Four compilations of about a minute each; meant to
+# finish in under 6 minutes on an H200.
 #
 # Not yet run on a GPU (no device was lent to the sessions that wrote it). A CPU smoke run
 # of the whole script (tiny model, so it ends in about a minute):
@@ -30,6 +32,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
   | tee "$out/gpu.txt" || true
 # JAX_STEP_ARGS, if set, is appended to every run (argparse: the last value wins).
 python3 benchmarks/jax_step.py --batch 256 ${JAX_STEP_ARGS:-} | tee "$out/gpu_step.jsonl"
+python3 benchmarks/jax_step.py --batch 256 --views=device ${JAX_STEP_ARGS:-} \
+  | tee -a "$out/gpu_step.jsonl"
 python3 benchmarks/jax_step.py --batch 256 --steps 10 --concat-views ${JAX_STEP_ARGS:-} \
   | tee -a "$out/gpu_step.jsonl"
 python3 benchmarks/jax_step.py --batch 512 --steps 10 ${JAX_STEP_ARGS:-} \

@@ -1,16 +1,21 @@
-"""BYOL train steps on the JAX backend with the views already on the device (the GPU setting).
+"""BYOL train steps on the JAX backend, from views on the device or from raw uint8 images.
 
 Defaults are the speed issue's GPU setting: ResNet-50, 224 px, batch 256, `mixed_bfloat16`,
 LARS; heads 2048→4096→256 and 256→4096→256. Each step is keras_byol's stateless JAX train
 step (both loss terms, LARS, the Polyak update inside the jit) compiled with `jax.jit`, the
 model state donated; the two views are random arrays made on the device once, so no host
 transfer is timed. `--concat-views` runs each network once over both views concatenated
-(per-view BatchNorm statistics), the `BYOL(concat_views=True)` fast path. Prints JSON
-lines: images/s (one image = both views), ms per step, the device's peak memory where it
-reports one, and the Polyak update timed alone (jitted) with its share of a step. Imports
-no TensorFlow.
+(per-view BatchNorm statistics), the `BYOL(concat_views=True)` fast path.
+`--views=device` times the step end to end from raw images: the batch is uint8
+(B, S', S', 3), S' = round(S / 0.875) (256 at 224), and `BYOL(augmenter=views.
+TwoViewAugmenter(BYOL_VIEW1, BYOL_VIEW2, S))` makes the paper's two views inside the jitted
+step (decode excluded); a further line times the views alone (jitted) and their share of
+the step. Prints JSON lines: images/s (one image = both views), ms per step, the device's
+peak memory where it reports one, and the Polyak update timed alone (jitted) with its
+share of a step. Imports no TensorFlow.
 
     KERAS_BACKEND=jax python benchmarks/jax_step.py                    # GPU: the issue's setting
+    KERAS_BACKEND=jax python benchmarks/jax_step.py --views=device     # GPU: from uint8 images
     KERAS_BACKEND=jax python benchmarks/jax_step.py --arch resnet18 --size 32 --batch 8 \\
         --dtype float32 --small-images --warmup 1 --steps 2                # a CPU smoke run
 """
@@ -44,7 +49,13 @@ def build(args):
     shape = (args.size, args.size, 3)
     encoder = keras_byol.encoders.resnet(args.arch, shape, small_images=args.small_images)
     tau = keras_byol.schedules.CosineTargetDecay(0.996, total_steps=args.warmup + args.steps)
-    model = keras_byol.BYOL(encoder, target_decay=tau, concat_views=args.concat_views)
+    augmenter = None
+    if args.views == "device":
+        views = keras_byol.views
+        augmenter = views.TwoViewAugmenter(views.BYOL_VIEW1, views.BYOL_VIEW2, args.size, seed=0)
+    model = keras_byol.BYOL(
+        encoder, target_decay=tau, concat_views=args.concat_views, augmenter=augmenter
+    )
     if args.optimizer == "lars":
         optimizer = keras_byol.optimizers.LARS(learning_rate=0.2 * args.batch / 256)
     else:
@@ -97,6 +108,25 @@ def polyak_seconds(model, state, repeats=20):
     return (time.perf_counter() - start) / repeats
 
 
+def views_seconds(model, state, images, repeats=10):
+    """Seconds per jitted call of the model's augmenter alone on `images` (its seeds
+    threaded statelessly, as in the step)."""
+    variables = model.non_trainable_variables
+
+    @jax.jit
+    def make(non_trainable, images):
+        result, values = _run_stateless(variables, non_trainable, lambda: model.augmenter(images))
+        return result, values
+
+    non_trainable = state[1]
+    views, non_trainable = jax.block_until_ready(make(non_trainable, images))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        views, non_trainable = make(non_trainable, images)
+    jax.block_until_ready(views)
+    return (time.perf_counter() - start) / repeats
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="resnet50")
@@ -108,6 +138,13 @@ def main():
     parser.add_argument(
         "--concat-views", action="store_true", help="one pass over both views (BYOL option)"
     )
+    parser.add_argument(
+        "--views",
+        default="precomputed",
+        choices=["precomputed", "device"],
+        help="precomputed: random float views on the device; device: made in the step "
+        "from uint8 images",
+    )
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     args = parser.parse_args()
@@ -117,7 +154,12 @@ def main():
     model, state = build(args)
     shape = (args.batch, args.size, args.size, 3)
     key1, key2 = jax.random.split(jax.random.PRNGKey(0))
-    data = {"view1": jax.random.uniform(key1, shape), "view2": jax.random.uniform(key2, shape)}
+    if args.views == "device":
+        side = keras_byol.image_batches.source_size(args.size)
+        images = jax.random.randint(key1, (args.batch, side, side, 3), 0, 256).astype("uint8")
+        data = {"images": images}
+    else:
+        data = {"view1": jax.random.uniform(key1, shape), "view2": jax.random.uniform(key2, shape)}
     step = jax.jit(lambda state, data: model.train_step(state, data), donate_argnums=0)
     seconds, warm, state, logs = time_steps(step, state, data, args.warmup, args.steps)
     device = jax.devices()[0]
@@ -143,6 +185,13 @@ def main():
     share.update(ms_per_update=round(1e3 * update, 3), ms_per_step=round(1e3 * seconds, 2))
     share.update(share=round(update / seconds, 5), device=str(device.device_kind))
     print(json.dumps(share), flush=True)
+    if args.views == "device":
+        made = views_seconds(model, state, data["images"])
+        share = {"what": "views_share_of_step", "arch": args.arch, "batch": args.batch}
+        share.update(size=args.size, ms_per_views=round(1e3 * made, 2))
+        share.update(ms_per_step=round(1e3 * seconds, 2), share=round(made / seconds, 4))
+        share.update(views_images_per_s=round(args.batch / made, 1), device=str(device.device_kind))
+        print(json.dumps(share), flush=True)
 
 
 if __name__ == "__main__":

@@ -52,9 +52,22 @@ def test_shared_tests_pass_on_the_jax_backend():
     assert " passed" in result.stdout and " failed" not in result.stdout, tail
 
 
-_WITHOUT_TENSORFLOW = """
+# Prepended to the scripts below: any `import tensorflow` raises, as if it were not installed
+# (a finder, not sys.modules["tensorflow"] = None: Keras' layers test that key's presence).
+_NO_TENSORFLOW = """
 import sys
-sys.modules["tensorflow"] = None  # any `import tensorflow` now raises ImportError
+
+class NoTensorFlow:  # as if TensorFlow were not installed ("tensorflow" not in sys.modules:
+    def find_spec(self, name, path=None, target=None):  # Keras' layers look there)
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
+
+sys.meta_path.insert(0, NoTensorFlow())
+"""
+
+_WITHOUT_TENSORFLOW = (
+    _NO_TENSORFLOW
+    + """
 import numpy as np, keras, keras_byol
 assert keras.backend.backend() == "jax"
 encoder = keras_byol.encoders.resnet("resnet18", input_shape=(16, 16, 3), small_images=True)
@@ -73,6 +86,7 @@ loaded = [name for name, module in sys.modules.items() if module and name.starts
 assert not loaded, loaded
 print("ok")
 """
+)
 
 
 def test_jax_path_trains_and_saves_without_tensorflow(tmp_path):
@@ -84,15 +98,10 @@ def test_jax_path_trains_and_saves_without_tensorflow(tmp_path):
     assert result.stdout.strip().endswith("ok")
 
 
-_VIEWS_WITHOUT_TENSORFLOW = """
-import os, sys
-
-class NoTensorFlow:  # as if TensorFlow were not installed ("tensorflow" not in sys.modules:
-    def find_spec(self, name, path=None, target=None):  # Keras' layers look there)
-        if name.split(".")[0] == "tensorflow":
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)")
-
-sys.meta_path.insert(0, NoTensorFlow())
+_VIEWS_WITHOUT_TENSORFLOW = (
+    _NO_TENSORFLOW
+    + """
+import os
 import numpy as np, keras, keras_byol
 from PIL import Image
 from keras_byol import views
@@ -120,6 +129,7 @@ loaded = [name for name, module in sys.modules.items() if module and name.starts
 assert not loaded, loaded
 print("ok")
 """
+)
 
 
 def test_views_on_the_device_from_a_folder_without_tensorflow(tmp_path):
@@ -197,25 +207,29 @@ def test_data_parallel_on_two_devices_equals_the_one_device_run():
     assert measured["concat_update_rel_err"] <= 1e-3
 
 
-_GPU_BENCHMARK_SMOKE = """
-import json, runpy, sys
-sys.modules["tensorflow"] = None  # the GPU machine has no TensorFlow
+_GPU_BENCHMARK_SMOKE = (
+    _NO_TENSORFLOW
+    + """
+import json, runpy  # the GPU machine has no TensorFlow
 sys.argv = ["jax_step.py", "--arch", "resnet18", "--size", "16", "--batch", "2",
             "--dtype", "mixed_bfloat16", "--small-images", "--warmup", "1", "--steps", "1",
-            "--concat-views"]
+            "--concat-views", "--views", "device"]
 runpy.run_path("benchmarks/jax_step.py", run_name="__main__")
 """
+)
 
 
 @pytest.mark.slow
 def test_gpu_benchmark_step_runs_without_tensorflow():
     """benchmarks/jax_step.py (what benchmarks/gpu.sh runs) on a tiny model on the CPU, with
-    both views in one pass (the per-view path runs without TensorFlow in the test above)."""
+    both views in one pass, made in the step from uint8 images (the per-view path from
+    precomputed views runs without TensorFlow in the test above)."""
     result = _run([sys.executable, "-c", _GPU_BENCHMARK_SMOKE], KERAS_BACKEND="jax")
     assert result.returncode == 0, result.stderr[-4000:]
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    step, share = lines
+    step, share, views = lines
     assert step["what"] == "train_step" and step["dtype"] == "mixed_bfloat16"
-    assert step["concat_views"] is True
+    assert step["concat_views"] is True and step["views"] == "device"
+    assert views["what"] == "views_share_of_step" and 0 < views["share"] < 1
     assert step["images_per_s"] > 0 and math.isfinite(step["loss"])
     assert 0 < share["share"] < 1 and share["ms_per_update"] > 0
