@@ -13,6 +13,7 @@ no accelerator; `benchmarks/jax_step.py --views=device` times them on a GPU.
 
     python benchmarks/views_step.py                         # 32 px, batch 64, both backends
     python benchmarks/views_step.py --size 96 --batch 32 --steps 10
+    python benchmarks/views_step.py --views-only --size 224 --batch 32   # the views alone
 """
 
 import argparse
@@ -67,6 +68,8 @@ def worker(args):
             view1=view1, view2=view2, repeat=True,
         )  # fmt: skip
         epochs, per_epoch = 1, steps
+    if args.views_only:
+        return time_views(args, dataset, augmenter)
     encoder = keras_byol.encoders.resnet("resnet18", (size, size, 3), small_images=size <= 64)
     tau = keras_byol.schedules.CosineTargetDecay(0.996, total_steps=epochs * per_epoch)
     model = keras_byol.BYOL(encoder, projection_dim=256, hidden_dim=4096, target_decay=tau,
@@ -87,6 +90,45 @@ def worker(args):
     print(json.dumps(result), flush=True)
 
 
+def time_views(args, dataset, augmenter):
+    """Views alone: batches of tf.data views per second, or the augmenter compiled
+    (tf.function / jax.jit with its seeds threaded) on one uint8 batch."""
+    import keras
+
+    if augmenter is None:
+        batches = iter(dataset)
+        call = lambda: next(batches)  # noqa: E731
+    elif args.backend == "jax":
+        import jax
+
+        from keras_byol.backends.jax import _run_stateless
+
+        images = jax.numpy.asarray(dataset[0]["images"])  # ImageBatches
+        variables = augmenter.non_trainable_variables
+        make = jax.jit(lambda values: _run_stateless(variables, values, lambda: augmenter(images)))
+        state = [v.value for v in variables]
+
+        def call():
+            nonlocal state
+            views, state = make(state)
+            return jax.block_until_ready(views)
+    else:
+        import tensorflow as tf
+
+        images = tf.constant(next(iter(dataset))["images"])
+        call = tf.function(lambda: augmenter(images))
+    for _ in range(args.warmup):
+        call()
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        keras.tree.map_structure(lambda x: x.numpy() if hasattr(x, "numpy") else x, call())
+    seconds = (time.perf_counter() - start) / args.steps
+    result = {"what": "views_throughput", "backend": args.backend, "input": args.input}
+    result.update(size=args.size, batch=args.batch, steps=args.steps)
+    result.update(images_per_s=round(args.batch / seconds, 1), ms_per_batch=round(1e3 * seconds, 1))
+    print(json.dumps(result), flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=32)
@@ -94,6 +136,9 @@ def main():
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--runs", default=",".join(f"{b}:{i}" for b, i in RUNS))
+    parser.add_argument(
+        "--views-only", action="store_true", help="time the views alone, no training step"
+    )
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--input", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -106,6 +151,7 @@ def main():
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         command = [sys.executable, __file__, f"--backend={backend}", f"--input={kind}"]
         command += [f"--{k}={getattr(args, k)}" for k in ("size", "batch", "warmup", "steps")]
+        command += ["--views-only"] if args.views_only else []
         out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
         if out.returncode:
             raise SystemExit(out.stderr[-3000:])
@@ -114,6 +160,7 @@ def main():
         results.append(json.loads(line))
     speed = {(r["backend"], r["input"]): r["images_per_s"] for r in results}
     summary = {"what": "device_views_vs_tfdata", "size": args.size, "batch": args.batch}
+    summary["views_only"] = args.views_only
     for backend in ("tensorflow", "jax"):
         if (backend, "device") in speed and (backend, "tfdata") in speed:
             ratio = speed[backend, "device"] / speed[backend, "tfdata"]

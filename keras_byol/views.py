@@ -20,8 +20,8 @@ Keras' own RandomCrop (offset per batch), RandomGaussianBlur (σ per batch), Sol
 probability) differ from the paper, and Keras has no resized crop and no random-apply.
 
 The maths equals `keras_byol.augment` (the tf.data views; tested op by op and as
-distributions). Resizing and blurring are per-image matrices applied with einsum (one
-batched matmul per axis), so every image has its own crop box and σ without a loop.
+distributions). Every image has its own crop box and σ without a loop: the resize is a
+matrix per image and axis (einsum), the blur a sum of 2r + 1 shifted copies.
 """
 
 import dataclasses
@@ -182,8 +182,10 @@ class RandomResizedCrop(_ViewLayer):
     if none fits, the largest central crop with the ratio clamped (torchvision's fallback).
     The resize equals `tf.image.resize(crop, (size, size), "bicubic")` (Keys a = −0.5,
     half-pixel centres, sample points rounded to 1/1024 px as TF's kernel table, taps
-    outside the crop dropped and the weights renormalized), clipped to [0, 1]; it is one
-    (size, H) and one (size, W) matrix per image.
+    outside the crop dropped and the weights renormalized), clipped to [0, 1]. It is one
+    (size, H) and one (size, W) matrix per image, applied with einsum: on a 2-core CPU 7×
+    faster than gathering each output pixel's 4 taps (74 against 554 ms for 32 views of
+    224 px from 256 px, JAX).
 
     Input: (B, H, W, C) uint8 in [0, 255] or float in [0, 1], C ∈ {1, 3, 4}, H and W known.
     Output: (B, size, size, 3) float32 in [0, 1].
@@ -385,14 +387,20 @@ class GaussianBlur(_ViewLayer):
         radius = blur_radius(size, self.kernel_fraction)
         if radius < 1:
             return images
-        offsets = np.arange(size)[:, None] - np.arange(size)[None, :]
-        band = (np.abs(offsets) <= radius).astype("float32")
         variance = 2.0 * transformation["sigma"] ** 2
-        taps = ops.exp(-(np.arange(-radius, radius + 1, dtype="float32") ** 2) / variance[:, None])
-        kernel = ops.exp(-(offsets.astype("float32") ** 2)[None] / variance[:, None, None])
-        kernel = band * kernel / ops.sum(taps, axis=1)[:, None, None]  # (B, S, S)
-        images = ops.einsum("bij,bjwc->biwc", kernel, images)
-        return ops.einsum("bkw,biwc->bikc", kernel, images)
+        offsets = self.backend.convert_to_tensor(np.arange(-radius, radius + 1, dtype="float32"))
+        taps = ops.exp(-(offsets**2)[None, :] / variance[:, None])
+        taps = taps / ops.sum(taps, axis=1, keepdims=True)  # (B, 2r + 1)
+        for axis in (1, 2):  # zero padding, then the weighted sum of the 2r + 1 shifts
+            pad = [(0, 0)] * 4
+            pad[axis] = (radius, radius)
+            padded = ops.pad(images, pad)
+            blurred = 0.0
+            for k in range(2 * radius + 1):
+                shifted = padded[:, k : k + size] if axis == 1 else padded[:, :, k : k + size]
+                blurred = blurred + shifted * _per_image(taps[:, k])
+            images = blurred
+        return images
 
     def get_config(self):
         return {

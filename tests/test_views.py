@@ -269,3 +269,29 @@ def test_byol_trains_with_the_views_in_its_step_and_saves(tmp_path):
     assert restored.augmenter.view1 == views.SMALL_IMAGE_VIEW1
     np.testing.assert_array_equal(restored.augmenter.pipeline1.layers[0].generator.state, after)
     restored.fit({"images": images}, batch_size=8, epochs=1, verbose=0)
+
+
+# ------------------------------------------------------ raw-image batches, no TensorFlow
+def test_image_batches_of_an_array_and_of_a_folder(tmp_path):
+    from PIL import Image
+
+    from keras_byol.image_batches import ImageBatches
+
+    images = np.arange(10, dtype=np.uint8)[:, None, None, None] * np.ones((1, 4, 4, 3), np.uint8)
+    batches = ImageBatches(images, batch_size=4, image_size=8, labels=np.arange(10), seed=1)
+    assert len(batches) == 2  # the partial batch is dropped: one batch shape for the step
+    seen = [batches[i]["label"] for i in range(2)]
+    np.testing.assert_array_equal([b["images"][:, 0, 0, 0] for b in (batches[0], batches[1])], seen)
+    batches.on_epoch_end()
+    assert not np.array_equal(np.concatenate(seen), [batches[i]["label"] for i in range(2)])
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        ImageBatches(images, batch_size=11, image_size=8)
+    for name, size in (("a", (30, 20)), ("b", (12, 40))):  # portrait and landscape
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.new("RGB", size, (200 * i, 50, 100)).save(tmp_path / name / f"{i}.png")
+    folder = ImageBatches(tmp_path, batch_size=4, image_size=14, seed=None)
+    batch = folder[0]
+    assert folder.class_names == ["a", "b"] and batch["images"].shape == (4, 16, 16, 3)
+    assert batch["images"].dtype == np.uint8 and list(batch["label"]) == [0, 0, 1, 1]
+    np.testing.assert_array_equal(batch["images"][1, 8, 8], (200, 50, 100))
