@@ -33,6 +33,7 @@ import numpy as np
 from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing_layer import (
     BaseImagePreprocessingLayer,
 )
+from keras.src.utils import backend_utils
 
 _JITTER_PARAMS = ("brightness", "contrast", "saturation", "hue")
 _BRIGHTNESS_MODES = ("additive", "multiplicative")
@@ -146,9 +147,27 @@ class _ViewLayer(BaseImagePreprocessingLayer):
         self.seed = seed
         self.generator = keras.random.SeedGenerator(seed)
 
+    def __call__(self, inputs, **kwargs):
+        if keras.backend.backend() == "tensorflow":
+            # Keras' DataLayer casts the input to the compute dtype inside any TF graph (a
+            # compiled train step too, not only tf.data): uint8 0–255 would arrive as float
+            # 0–255. On the TF backend its switch to TF ops is not needed: skip it.
+            return keras.layers.Layer.__call__(self, inputs, **kwargs)
+        if backend_utils.in_tf_graph() and keras.backend.standardize_dtype(inputs.dtype) == "uint8":
+            raise TypeError(
+                f"{self.name} in tf.data on the {keras.backend.backend()} backend: Keras casts "
+                "uint8 images to float without scaling there; pass float images in [0, 1] "
+                "(or use the layer inside the model)."
+            )
+        return super().__call__(inputs, **kwargs)
+
     def _uniform(self, shape, seed=None):
         seed = self._get_seed_generator(self.backend._backend) if seed is None else seed
-        return self.backend.random.uniform(shape, seed=seed)
+
+        def draw(n):
+            return self.backend.random.uniform((n, *shape[1:]), seed=seed)
+
+        return replica_slice(draw, shape[0])
 
     def _batch_size(self, images):
         return self.backend.core.shape(images)[0]
@@ -167,6 +186,29 @@ class _ViewLayer(BaseImagePreprocessingLayer):
 
     def get_config(self):
         return {**super().get_config(), "seed": self.seed}
+
+
+def tf_replicas():
+    """(this replica's index, replicas in sync) inside a `tf.distribute` replica context of
+    several replicas; (0, 1) elsewhere (one device, JAX, a TensorFlow eager call)."""
+    if keras.backend.backend() != "tensorflow":
+        return 0, 1
+    import tensorflow as tf
+
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return 0, 1
+    return context.replica_id_in_sync_group, context.num_replicas_in_sync
+
+
+def replica_slice(draw, batch_size):
+    """draw(batch_size), or under R tf.distribute replicas this replica's slice of
+    draw(R·batch_size): every replica reads the same seed state, so each takes its own
+    rows of one global draw (independent decisions, as one device's)."""
+    replica, replicas = tf_replicas()
+    if replicas == 1:
+        return draw(batch_size)
+    return draw(replicas * batch_size)[replica * batch_size : (replica + 1) * batch_size]
 
 
 def _per_image(values):
@@ -692,9 +734,39 @@ class TwoViewAugmenter(keras.layers.Layer):
     def call(self, images, training=True):
         check_images(images)
         return {
-            "view1": self.pipeline1(images, training=True),
-            "view2": self.pipeline2(images, training=True),
+            "view1": self._view_of(self.view1, self.pipeline1, images),
+            "view2": self._view_of(self.view2, self.pipeline2, images),
         }
+
+    def _view_of(self, config, pipeline, images):
+        if tf_replicas()[1] == 1:
+            return pipeline(images, training=True)
+        if not isinstance(config, ViewConfig):
+            raise ValueError(
+                f"{self.name}: a custom view layer under tf.distribute with "
+                f"{tf_replicas()[1]} replicas: every replica reads the same seed state, so "
+                "Keras' random layers would draw the same decisions on each. Use ViewConfig "
+                "views (their draws are split per replica), make the views in tf.data "
+                '(augment_on="cpu"), '
+                "or train on JAX (DataParallel draws for the global batch)."
+            )
+        # Keras' RandomFlip and RandomGrayscale draw for the batch they see: draw for the
+        # global batch here and keep this replica's rows (ours split in `replica_slice`).
+        batch = keras.ops.shape(images)[0]
+        for layer in pipeline.layers:
+            if isinstance(layer, (keras.layers.RandomFlip, keras.layers.RandomGrayscale)):
+
+                def draw(n, layer=layer):
+                    drawn = layer.get_random_transformation(keras.ops.zeros((n, 1, 1, 3)))
+                    return drawn["flips"] if isinstance(drawn, dict) else drawn
+
+                drawn = replica_slice(draw, batch)
+                if isinstance(layer, keras.layers.RandomFlip):
+                    drawn = {"flips": drawn, "input_shape": keras.ops.shape(images)}
+                images = layer.transform_images(images, drawn)
+            else:
+                images = layer(images, training=True)
+        return images
 
     def compute_output_shape(self, input_shape):
         shape = (input_shape[0], self.image_size, self.image_size, 3)

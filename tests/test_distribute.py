@@ -193,3 +193,56 @@ def test_mirrored_strategy_step_equals_the_single_device_step():
         assert defaults["online_update_rel_err"] <= 2e-3, encoder_kind
         assert defaults["target_update_rel_err"] <= 2e-3, encoder_kind
         assert off["online_update_rel_err"] > 0.05 and off["loss_rel_err"] > 1e-3, encoder_kind
+
+
+_VIEWS_SCRIPT = """
+import json, numpy as np, tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+import keras
+from keras_byol import views
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+images = np.random.default_rng(0).integers(0, 256, (8, 20, 20, 3), dtype=np.uint8)
+def augmenter(view1=views.BYOL_VIEW1):
+    return views.TwoViewAugmenter(view1, views.BYOL_VIEW2, image_size=16, seed=0)
+
+with strategy.scope():
+    mirrored = augmenter()
+batches = strategy.experimental_distribute_dataset(
+    tf.data.Dataset.from_tensor_slices(images).batch(8))  # 4 images per replica
+made = tf.function(lambda x: strategy.run(mirrored, args=(x,)))(next(iter(batches)))
+single = augmenter()(images)  # the same seed on one device, the global batch of 8
+result = {}
+for name in ("view1", "view2"):
+    halves = [t.numpy() for t in strategy.experimental_local_results(made[name])]
+    result[name] = float(np.abs(np.concatenate(halves) - np.asarray(single[name])).max())
+result["replicas_differ"] = not np.allclose(halves[0], halves[1])
+with strategy.scope():
+    custom = augmenter(view1=keras.layers.Pipeline([views.RandomResizedCrop(16)]))
+try:
+    tf.function(lambda x: strategy.run(custom, args=(x,)))(next(iter(batches)))
+    result["custom_refused"] = ""
+except ValueError as error:
+    result["custom_refused"] = str(error)
+print(json.dumps(result))
+"""
+
+
+def test_views_under_mirrored_strategy_are_the_one_device_views_of_the_global_batch():
+    """Every replica reads the same seed state: each takes its own rows of one draw for the
+    global batch, so the replicas' views together are one device's views of that batch
+    (before, each replica drew the same decisions for its own images)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _VIEWS_SCRIPT],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    assert measured["view1"] <= 1e-5 and measured["view2"] <= 1e-5, measured
+    assert measured["replicas_differ"]
+    assert "custom view layer under tf.distribute" in measured["custom_refused"], measured

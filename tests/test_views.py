@@ -225,6 +225,32 @@ def test_every_decision_is_per_image_and_seeded():
     assert not np.allclose(result["view1"], other["view1"])
 
 
+def _compiled(augmenter):
+    """The augmenter as a compiled step runs it: tf.function, or jax.jit with its seed
+    states threaded statelessly (keras_byol's JAX step)."""
+    if keras.backend.backend() == "tensorflow":
+        return tf.function(augmenter)
+    import jax
+
+    from keras_byol.backends.jax import _run_stateless
+
+    variables = augmenter.non_trainable_variables
+    values = [v.value for v in variables]
+    return jax.jit(lambda images: _run_stateless(variables, values, lambda: augmenter(images))[0])
+
+
+def test_compiled_views_equal_the_eager_views():
+    """Inside a compiled step uint8 images are scaled as eagerly (Keras' data layers cast
+    uint8 to float without scaling inside a TF graph: every view came out near white)."""
+    images = np.random.default_rng(11).integers(0, 256, (4, 20, 20, 3), dtype=np.uint8)
+    eager = views.TwoViewAugmenter(views.BYOL_VIEW1, views.BYOL_VIEW2, 16, seed=2)(images)
+    compiled = views.TwoViewAugmenter(views.BYOL_VIEW1, views.BYOL_VIEW2, 16, seed=2)
+    compiled = _compiled(compiled)(images)
+    for name in ("view1", "view2"):
+        np.testing.assert_allclose(np.asarray(compiled[name]), np.asarray(eager[name]), atol=1e-5)
+    assert 0.2 < float(np.mean(np.asarray(compiled["view1"]))) < 0.8
+
+
 def _custom_view(size):
     return keras.layers.Pipeline(
         [views.RandomResizedCrop(size, area=(0.5, 1.0), seed=0), keras.layers.RandomFlip(seed=1)]
