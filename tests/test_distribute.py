@@ -3,7 +3,8 @@ step on the same 2B examples (synchronized BatchNorm, which a model built with d
 arguments has: keras_byol's ResNet and heads, and a plain Keras encoder inside BYOL), and
 differs without sync; with
 steps_per_execution=3 the strategy gives the same weights as 3 single-step calls; both views
-in one pass (concat_views, per-view synchronized statistics) equal a pass per view.
+in one pass (concat_views, per-view synchronized statistics) equal a pass per view; the
+views made inside the step are one device's views of the global batch.
 
 Logical devices must be configured before TensorFlow starts, so the check runs in a fresh
 process and prints its measurements as JSON.
@@ -153,9 +154,10 @@ print(json.dumps(result))
 """
 
 
-def test_mirrored_strategy_step_equals_the_single_device_step():
+def _measure(script):
+    """The JSON that `script` prints last, run in a fresh process (logical devices)."""
     result = subprocess.run(
-        [sys.executable, "-c", _SCRIPT],
+        [sys.executable, "-c", script],
         capture_output=True,
         text=True,
         timeout=600,
@@ -163,7 +165,11 @@ def test_mirrored_strategy_step_equals_the_single_device_step():
         env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_mirrored_strategy_step_equals_the_single_device_step():
+    measured = _measure(_SCRIPT)
     print(json.dumps(measured, indent=2))  # the measured values, shown with pytest -s
     sync, no_sync = measured["sync"], measured["no_sync"]
     assert sync["replicas"] == 2
@@ -233,16 +239,7 @@ def test_views_under_mirrored_strategy_are_the_one_device_views_of_the_global_ba
     """Every replica reads the same seed state: each takes its own rows of one draw for the
     global batch, so the replicas' views together are one device's views of that batch
     (before, each replica drew the same decisions for its own images)."""
-    result = subprocess.run(
-        [sys.executable, "-c", _VIEWS_SCRIPT],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"},
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    measured = _measure(_VIEWS_SCRIPT)
     assert measured["view1"] <= 1e-5 and measured["view2"] <= 1e-5, measured
     assert measured["replicas_differ"]
     assert "custom view layer under tf.distribute" in measured["custom_refused"], measured
