@@ -151,16 +151,23 @@ from tests.conftest import tiny_encoder, view_batches
 
 view1, view2 = view_batches(32)
 
-def train(distribution, concat_views=None):
+images = np.random.default_rng(1).integers(0, 256, (32, 20, 20, 3), dtype=np.uint8)
+
+def train(distribution, concat_views=None, views_in_step=False):
     # concat_views None: Keras' BatchNormalization; True/False: keras_byol's, with that option.
+    # views_in_step: uint8 images in, the views made in the step by a TwoViewAugmenter.
     keras.distribution.set_distribution(distribution)
     keras.utils.set_random_seed(0)
     norm = keras.layers.BatchNormalization if concat_views is None else FusedBatchNormalization
+    views = keras_byol.views
+    augmenter = views.TwoViewAugmenter(views.SMALL_IMAGE_VIEW1, views.SMALL_IMAGE_VIEW2, 16,
+                                       seed=0) if views_in_step else None
     model = keras_byol.BYOL(tiny_encoder(norm=norm), projection_dim=8, hidden_dim=16,
-                            concat_views=bool(concat_views))
+                            concat_views=bool(concat_views), augmenter=augmenter)
     model.compile(optimizer=keras.optimizers.SGD(0.5), steps_per_execution=2)
     initial = [np.array(v) for v in model.trainable_variables + model.target_weights]
-    history = model.fit({"view1": view1, "view2": view2}, batch_size=8, epochs=1, shuffle=False,
+    batches = {"images": images} if views_in_step else {"view1": view1, "view2": view2}
+    history = model.fit(batches, batch_size=8, epochs=1, shuffle=False,
                         verbose=0, callbacks=[TargetUpdate(0.9, 4)])
     final = [np.array(v) for v in model.trainable_variables + model.target_weights]
     return model, history.history["loss"][0], initial, final
@@ -170,6 +177,10 @@ parallel, loss_parallel, start_parallel, end_parallel = train(keras.distribution
 # Both views in one pass on the sharded batch against a pass per view on one device.
 _, loss_per_view, start_per_view, end_per_view = train(None, concat_views=False)
 _, loss_concat, _, end_concat = train(keras.distribution.DataParallel(), concat_views=True)
+# The views made in the step: drawn for the global batch, so the same on one device or two.
+_, loss_views, start_views, end_views = train(None, views_in_step=True)
+_, loss_views_parallel, _, end_views_parallel = train(keras.distribution.DataParallel(),
+                                                      views_in_step=True)
 def update(a, b, s):
     num = sum(np.sum((x - y) ** 2) for x, y in zip(a, b))
     return float(np.sqrt(num / sum(np.sum((y - z) ** 2) for y, z in zip(b, s))))
@@ -182,6 +193,8 @@ print(json.dumps({
     "steps": int(parallel.optimizer.iterations),
     "concat_loss_rel_err": abs(loss_concat - loss_per_view) / loss_per_view,
     "concat_update_rel_err": update(end_concat, end_per_view, start_per_view),
+    "views_loss_rel_err": abs(loss_views_parallel - loss_views) / loss_views,
+    "views_update_rel_err": update(end_views_parallel, end_views, start_views),
 }))
 """
 
@@ -189,7 +202,8 @@ print(json.dumps({
 def test_data_parallel_on_two_devices_equals_the_one_device_run():
     """keras.distribution.DataParallel over 2 CPU devices: the batch is split across them
     and BatchNorm statistics stay global (XLA computes them over the sharded batch), so 4
-    steps give the one-device result; with both views in one pass (concat_views) too."""
+    steps give the one-device result; with both views in one pass (concat_views) too, and
+    with the views made in the step from uint8 images (drawn for the global batch)."""
     result = _run(
         [sys.executable, "-c", _DATA_PARALLEL],
         KERAS_BACKEND="jax",
@@ -205,6 +219,9 @@ def test_data_parallel_on_two_devices_equals_the_one_device_run():
     # concat_views under DataParallel: per-view statistics over the sharded batch.
     assert measured["concat_loss_rel_err"] <= 1e-5
     assert measured["concat_update_rel_err"] <= 1e-3
+    # The views made in the step from uint8 images: the same views and step on 2 devices.
+    assert measured["views_loss_rel_err"] <= 1e-5
+    assert measured["views_update_rel_err"] <= 1e-3
 
 
 _GPU_BENCHMARK_SMOKE = (
