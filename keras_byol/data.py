@@ -36,6 +36,8 @@ from keras_byol.folders import (  # noqa: F401 (public here too)
     _shown,
     list_image_folder,
 )
+from keras_byol.image_batches import EVAL_CENTER_CROP as _EVAL_CENTER_CROP
+from keras_byol.image_batches import source_size as _device_source_size
 
 logger = logging.getLogger("keras_byol")
 
@@ -45,7 +47,6 @@ _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
 _DEFAULT_PRETRAIN_SPLIT = {"stl10": "unlabelled"}
 # tfds files read at once, and records taken from each in turn (tfds' own defaults).
 _TFDS_CYCLE_LENGTH, _TFDS_BLOCK_LENGTH = 16, 16
-_EVAL_CENTER_CROP = 0.875
 _SMALL_IMAGE_MAX = 64  # at or below this output size, eval images are resized, not cropped
 
 
@@ -670,7 +671,7 @@ def _pass_maker(
             views = _views_from_record(_image_of(record), view_seed, image_size, view1, view2)
             return {**views, "label": record["label"]}
     else:
-        source_size = int(round(image_size / _EVAL_CENTER_CROP))
+        source_size = _device_source_size(image_size)
 
         def example(record, view_seed):
             del view_seed  # the views are made on the device

@@ -14,11 +14,12 @@ import numpy as np
 from keras_byol.folders import list_image_folder
 from keras_byol.views import check_images
 
-EVAL_CENTER_CROP = 0.875  # S' = round(S / 0.875), as data.pretrain_dataset's device batches
+EVAL_CENTER_CROP = 0.875  # the evaluation center crop; also sets the device batches' S
 
 
 def source_size(image_size):
-    """S' = round(S / 0.875): the uint8 square the views' random crop works on."""
+    """S' = round(S / 0.875): the uint8 square the views' random crop works on (these
+    batches' and `data.pretrain_dataset(..., augment_on="device")`'s)."""
     return int(round(image_size / EVAL_CENTER_CROP))
 
 

@@ -25,6 +25,7 @@ matrix per image and axis (einsum), the blur a sum of 2r + 1 shifted copies.
 """
 
 import dataclasses
+import itertools
 import math
 import warnings
 
@@ -566,11 +567,11 @@ def view_pipeline(config, image_size, seed=None, name=None):
             "RandomFlip, which flips half the images; use flip_p 0.5 or 0, or make these "
             'views in tf.data (pretrain_dataset(..., augment_on="cpu")).'
         )
-    seeds = iter(range(10)) if seed is None else iter(range(seed, seed + 10))
+    offsets = itertools.count()
 
     def next_seed():
-        value = next(seeds)
-        return None if seed is None else value
+        offset = next(offsets)
+        return None if seed is None else seed + offset
 
     layers = [RandomResizedCrop(image_size, config.crop_area, config.crop_ratio, seed=next_seed())]
     if config.flip_p:
@@ -599,6 +600,26 @@ def view_pipeline(config, image_size, seed=None, name=None):
     return keras.layers.Pipeline(layers, name=name)
 
 
+# Keras' own layers in a view, and the decision of each (the keys of sample_view_params).
+_KERAS_LAYERS = {keras.layers.RandomFlip: "flip", keras.layers.RandomGrayscale: "grayscale"}
+_DECISIONS = ("flip", "jitter", "grayscale", "blur", "solarize")
+
+
+def _keras_decisions(layer, batch_size):
+    """(B, 1, 1, 1) booleans: where Keras' RandomFlip flips / RandomGrayscale converts,
+    drawn by the layer itself for `batch_size` images."""
+    drawn = layer.get_random_transformation(keras.ops.zeros((batch_size, 1, 1, 3)))
+    return drawn["flips"] if isinstance(layer, keras.layers.RandomFlip) else drawn
+
+
+def _keras_transformation(layer, decisions, images):
+    """The transformation Keras' RandomFlip / RandomGrayscale takes for these decisions."""
+    decisions = keras.ops.reshape(decisions, (-1, 1, 1, 1))
+    if isinstance(layer, keras.layers.RandomFlip):
+        return {"flips": decisions, "input_shape": keras.ops.shape(images)}
+    return decisions
+
+
 def sample_view_params(pipeline, batch_size, height, width):
     """Every random decision of `batch_size` views of a `view_pipeline`, as numpy arrays.
 
@@ -607,16 +628,13 @@ def sample_view_params(pipeline, batch_size, height, width):
     (the keys of `augment.sample_view_params`; a step the config leaves out reads False),
     drawn as the layers draw them (for the statistical tests of the views).
     """
-    params = {key: np.zeros(batch_size, bool) for key in ("flip", "jitter", "grayscale")}
-    params.update(blur=np.zeros(batch_size, bool), solarize=np.zeros(batch_size, bool))
+    params = {key: np.zeros(batch_size, bool) for key in _DECISIONS}
     small = np.zeros((batch_size, 1, 1, 3), "float32")
     for layer in pipeline.layers:
         if isinstance(layer, RandomResizedCrop):
             params.update(layer.sample_boxes(batch_size, height, width))
-        elif isinstance(layer, keras.layers.RandomFlip):
-            params["flip"] = layer.get_random_transformation(small)["flips"]
-        elif isinstance(layer, keras.layers.RandomGrayscale):
-            params["grayscale"] = layer.get_random_transformation(small)
+        elif isinstance(layer, tuple(_KERAS_LAYERS)):
+            params[_KERAS_LAYERS[type(layer)]] = _keras_decisions(layer, batch_size)
         elif isinstance(layer, RandomApply):
             drawn = layer.get_random_transformation(small)
             key = {ColorJitter: "jitter", GaussianBlur: "blur", Solarize: "solarize"}
@@ -633,17 +651,14 @@ def sample_view_params(pipeline, batch_size, height, width):
 def apply_view_params(pipeline, images, params):
     """The views of `images` by a `view_pipeline` with the decisions `params` (the dict of
     `sample_view_params`, one entry per image) instead of the layers' own draws."""
-    batch = len(params["top"])
     for layer in pipeline.layers:
         if isinstance(layer, RandomResizedCrop):
             transformation = {
                 key: params[key] for key in ("top", "left", "crop_height", "crop_width")
             }
-        elif isinstance(layer, keras.layers.RandomFlip):
-            flips = np.reshape(params["flip"], (batch, 1, 1, 1))
-            transformation = {"flips": flips, "input_shape": keras.ops.shape(images)}
-        elif isinstance(layer, keras.layers.RandomGrayscale):
-            transformation = np.reshape(params["grayscale"], (batch, 1, 1, 1))
+        elif isinstance(layer, tuple(_KERAS_LAYERS)):
+            decisions = params[_KERAS_LAYERS[type(layer)]]
+            transformation = _keras_transformation(layer, decisions, images)
         elif isinstance(layer, RandomApply):
             names = {
                 ColorJitter: ("jitter", _JITTER_PARAMS + ("order",)),
@@ -739,12 +754,13 @@ class TwoViewAugmenter(keras.layers.Layer):
         }
 
     def _view_of(self, config, pipeline, images):
-        if tf_replicas()[1] == 1:
+        replicas = tf_replicas()[1]
+        if replicas == 1:
             return pipeline(images, training=True)
         if not isinstance(config, ViewConfig):
             raise ValueError(
                 f"{self.name}: a custom view layer under tf.distribute with "
-                f"{tf_replicas()[1]} replicas: every replica reads the same seed state, so "
+                f"{replicas} replicas: every replica reads the same seed state, so "
                 "Keras' random layers would draw the same decisions on each. Use ViewConfig "
                 "views (their draws are split per replica), make the views in tf.data "
                 '(augment_on="cpu"), '
@@ -754,16 +770,11 @@ class TwoViewAugmenter(keras.layers.Layer):
         # global batch here and keep this replica's rows (ours split in `replica_slice`).
         batch = keras.ops.shape(images)[0]
         for layer in pipeline.layers:
-            if isinstance(layer, (keras.layers.RandomFlip, keras.layers.RandomGrayscale)):
-
-                def draw(n, layer=layer):
-                    drawn = layer.get_random_transformation(keras.ops.zeros((n, 1, 1, 3)))
-                    return drawn["flips"] if isinstance(drawn, dict) else drawn
-
-                drawn = replica_slice(draw, batch)
-                if isinstance(layer, keras.layers.RandomFlip):
-                    drawn = {"flips": drawn, "input_shape": keras.ops.shape(images)}
-                images = layer.transform_images(images, drawn)
+            if isinstance(layer, tuple(_KERAS_LAYERS)):
+                decisions = replica_slice(lambda n, layer=layer: _keras_decisions(layer, n), batch)
+                images = layer.transform_images(
+                    images, _keras_transformation(layer, decisions, images)
+                )
             else:
                 images = layer(images, training=True)
         return images
