@@ -3,7 +3,8 @@
 Public names: `BYOL` and the submodules `losses`, `schedules`, `optimizers`, `encoders`,
 `heads`, `callbacks`, `monitors`, `evaluation`, `views`; loaded on first use (most need
 TensorFlow or matplotlib): `augment`, `data`, `export`, `config`, `distribute`,
-`experiment`, `plots`, and the TensorFlow-free `folders` and `image_batches`. Importing
+`experiment`, `plots`, and the TensorFlow-free `folders`, `image_batches` and `pretrained`
+(the official checkpoints). Importing
 sets no precision policy, device or seed.
 """
 
@@ -25,7 +26,7 @@ from keras_byol.model import BYOL
 __version__ = "0.1.0"
 
 _LAZY_SUBMODULES = ("augment", "data", "export", "config", "distribute", "experiment", "plots")
-_LAZY_SUBMODULES += ("folders", "image_batches")
+_LAZY_SUBMODULES += ("folders", "image_batches", "pretrained")
 
 __all__ = ["BYOL", "callbacks", "encoders", "evaluation", "heads", "losses", "monitors"]
 __all__ += ["optimizers", "schedules", "views"]

@@ -9,7 +9,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # name → (block kind, blocks per stage); stages have 64, 128, 256, 512 (× width) channels.
-_ARCHITECTURES = {
+ARCHITECTURES = {
     "resnet18": ("basic", (2, 2, 2, 2)),
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
@@ -184,8 +184,8 @@ def resnet(
         >>> encoder(np.zeros((2, 32, 32, 3), "float32")).shape
         (2, 512)
     """
-    if name not in _ARCHITECTURES:
-        raise ValueError(f"Unknown encoder {name!r}; choose one of {sorted(_ARCHITECTURES)}.")
+    if name not in ARCHITECTURES:
+        raise ValueError(f"Unknown encoder {name!r}; choose one of {sorted(ARCHITECTURES)}.")
     if norm not in ENCODER_NORMS:
         raise ValueError(f"norm must be one of {ENCODER_NORMS}, got {norm!r}.")
     if zero_init_residual is None:
@@ -206,7 +206,7 @@ def resnet(
             f"width must be positive with 64·width a whole number of channels; got {width}."
         )
     base_channels = int(base_channels)
-    kind, blocks_per_stage = _ARCHITECTURES[name]
+    kind, blocks_per_stage = ARCHITECTURES[name]
     builder = _Builder(norm, groups, zero_init_residual, synchronized_batchnorm)
 
     images = keras.Input(shape=input_shape, name="images")

@@ -26,6 +26,8 @@ class MLPHead(keras.layers.Layer):
             no batch statistics: "layer" (LayerNorm over the hidden units), "group"
             (GroupNorm, `GROUPS` groups of hidden units; hidden_dim a multiple of
             `GROUPS`, at least 2 × `GROUPS`), "none".
+        output_bias: whether the output Dense has a bias. The official code's has none
+            (`pretrained.load_official` builds its heads with False).
 
     Input shape (B, D_in) → output shape (B, output_dim).
 
@@ -37,8 +39,17 @@ class MLPHead(keras.layers.Layer):
 
     GROUPS = 32
 
-    def __init__(self, hidden_dim, output_dim, synchronized_batchnorm=True, norm="batch", **kwargs):
+    def __init__(
+        self,
+        hidden_dim,
+        output_dim,
+        synchronized_batchnorm=True,
+        norm="batch",
+        output_bias=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
+        self.output_bias = bool(output_bias)
         self.hidden_dim = int(hidden_dim)
         self.output_dim = int(output_dim)
         self.synchronized_batchnorm = bool(synchronized_batchnorm)
@@ -66,7 +77,9 @@ class MLPHead(keras.layers.Layer):
             self.norm = layers.GroupNormalization(self.GROUPS, epsilon=1e-5, name="norm")
         else:
             self.norm = None
-        self.out = layers.Dense(self.output_dim, kernel_initializer=init, name="output")
+        self.out = layers.Dense(
+            self.output_dim, use_bias=self.output_bias, kernel_initializer=init, name="output"
+        )
 
     def build(self, input_shape):
         self.hidden.build(input_shape)
@@ -90,4 +103,5 @@ class MLPHead(keras.layers.Layer):
             "output_dim": self.output_dim,
             "synchronized_batchnorm": self.synchronized_batchnorm,
             "norm": self.norm_kind,
+            "output_bias": self.output_bias,
         }

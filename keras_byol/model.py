@@ -123,6 +123,8 @@ class BYOL(TrainerWorkarounds, keras.Model):
         head_norm: the projector's and predictor's hidden normalization, "batch" (the
             paper's) or, reading no batch statistics, "layer", "group" or "none"
             (`heads.MLPHead`).
+        head_output_bias: whether the projector's and predictor's output Dense has a bias
+            (the official code's has none; True keeps keras_byol's earlier heads).
         remat: recompute each view's online encoder pass in the backward pass
             (`rematerialized_call`) instead of keeping its activations: the two views'
             encoder activations are no longer held at once, for one more encoder forward
@@ -162,6 +164,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
         num_classes=None,
         head_norm="batch",
         remat=False,
+        head_output_bias=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -176,13 +179,14 @@ class BYOL(TrainerWorkarounds, keras.Model):
         synchronize_batchnorms(encoder, self.synchronized_batchnorm)
         self.encoder = encoder
         self.head_norm = head_norm
+        self.head_output_bias = bool(head_output_bias)
+        head = dict(norm=head_norm, output_bias=self.head_output_bias)
         self.projector = MLPHead(
-            self.hidden_dim, self.projection_dim, synchronized_batchnorm, head_norm,
-            name="projector",
-        )  # fmt: skip
+            self.hidden_dim, self.projection_dim, synchronized_batchnorm, name="projector", **head
+        )
         self.predictor = MLPHead(
-            self.predictor_hidden_dim, self.projection_dim, synchronized_batchnorm, head_norm,
-            name="predictor",
+            self.predictor_hidden_dim, self.projection_dim, synchronized_batchnorm,
+            name="predictor", **head,
         )  # fmt: skip
         self.projector.build((None, feature_dim))
         self.predictor.build((None, self.projection_dim))
@@ -563,6 +567,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
             "concat_views": self.concat_views,
             "num_classes": self.num_classes,
             "head_norm": self.head_norm,
+            "head_output_bias": self.head_output_bias,
             "remat": self.remat,
             "augmenter": (
                 None
