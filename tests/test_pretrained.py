@@ -377,3 +377,20 @@ def test_official_resnet200_x2_maps_every_parameter():
         np.prod(v["average"].shape) for m, v in shapes[1].items() if m.startswith("res_net200/")
     ]
     assert encoder.count_params() == sum(resnet) + sum(statistics)
+
+
+@pytest.mark.slow
+def test_pretraining_continues_from_the_official_checkpoint(official):
+    model = load_official(official.path, image_size=SIZE)
+    model.set_target_decay(keras_byol.schedules.CosineTargetDecay(0.99, total_steps=10))
+    model.compile(optimizer=keras_byol.optimizers.LARS(0.1, weight_decay=1e-6))
+    target_before = [np.array(w) for w in model.target_weights]
+    online_before = [np.array(w) for w in model.online_ema_weights]
+    views = np.random.default_rng(3).random((2, 4, SIZE, SIZE, 3), dtype=np.float32)
+    logs = model.train_on_batch({"view1": views[0], "view2": views[1]}, return_dict=True)
+    assert np.isfinite(logs["loss"]) and 0 < logs["loss"] <= 8  # two terms of 2 − 2cos
+    online_after = [np.array(w) for w in model.online_ema_weights]
+    # ξ ← τξ + (1 − τ)θ with the updated θ, from the file's target and τ_0 = 0.99.
+    for target, old, online in zip(model.target_weights, target_before, online_after):
+        np.testing.assert_allclose(target, 0.99 * old + 0.01 * online, rtol=1e-5, atol=1e-6)
+    assert any(not np.array_equal(a, b) for a, b in zip(online_before, online_after))
