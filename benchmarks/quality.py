@@ -14,9 +14,11 @@ Scores on frozen features (inference mode): logistic regression on standardized 
 the same encoder with random weights, (c) a linear classifier on raw pixels. One JSON line
 per views variant. SEED (default 0) seeds the weights, the views and the shuffle (the split
 stays the peer's); run the peer beside it with the same EPOCHS (and, for other seeds,
-benchmarks/peer_quality_seeded.py).
+benchmarks/peer_quality_seeded.py). HEAD_INIT (a comma list of keras_byol.heads.HEAD_INITS,
+default truncated_normal) pretrains once per views variant and heads' initialization.
 
     EPOCHS=15 python benchmarks/quality.py
+    EPOCHS=15 VIEWS=paper HEAD_INIT=truncated_normal,haiku,pytorch python benchmarks/quality.py
     EPOCHS=15 /tmp/peer/bin/python ../shared/bench/peer_quality_mnist.py
 """
 
@@ -86,9 +88,16 @@ def main():
     pixels = images.reshape(len(images), -1).astype(np.float32) / 255.0
     pixel_linear, _ = scores(pixels[train], pixels[test], labels, train, test)
 
-    for name in os.environ.get("VIEWS", ",".join(VIEWS)).split(","):
+    variants = [
+        (name, head_init)
+        for name in os.environ.get("VIEWS", ",".join(VIEWS)).split(",")
+        for head_init in os.environ.get("HEAD_INIT", "truncated_normal").split(",")
+    ]
+    for name, head_init in variants:
         start = time.time()
-        model = keras_byol.BYOL(small_cnn(seed), projection_dim=64, hidden_dim=256)
+        model = keras_byol.BYOL(
+            small_cnn(seed), projection_dim=64, hidden_dim=256, head_init=head_init
+        )
         model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
         view1, view2 = VIEWS[name]
         views = data.pretrain_dataset(
@@ -103,6 +112,7 @@ def main():
             "impl": "keras_byol",
             "data": "mnist5k",
             "views": name,
+            "head_init": head_init,
             "epochs": epochs,
             "byol_linear": byol_linear,
             "byol_knn": byol_knn,

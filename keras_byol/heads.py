@@ -7,6 +7,30 @@ from keras_byol.normalization import FusedBatchNormalization
 
 # The hidden layer's normalization choices; all but "batch" read no batch statistics.
 HEAD_NORMS = ("batch", "layer", "group", "none")
+# The Dense layers' initializations, by name (`head_initializers`).
+HEAD_INITS = ("truncated_normal", "haiku", "pytorch")
+# The standard deviation of a unit normal truncated at ±2 (what Haiku's TruncatedNormal draws).
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def head_initializers(name, fan_in):
+    """(kernel, bias) initializers of a head's Dense layer with `fan_in` inputs.
+
+    - "truncated_normal" (keras_byol's default): a normal truncated at ±2σ, scaled so that
+      its standard deviation is 1/√fan_in; bias 0.
+    - "haiku" (the official code's `hk.Linear`): `TruncatedNormal(stddev=1/√fan_in)`, which
+      Haiku does not rescale after truncation (standard deviation 0.88/√fan_in); bias 0.
+    - "pytorch" (`torch.nn.Linear`'s): kernel and bias uniform in ±1/√fan_in.
+    """
+    if name not in HEAD_INITS:
+        raise ValueError(f"head init must be one of {HEAD_INITS}; got {name!r}.")
+    if name == "pytorch":
+        bound = 1.0 / fan_in**0.5
+        kernel = keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+        return kernel, keras.initializers.RandomUniform(-bound, bound)
+    scale = 1.0 if name == "truncated_normal" else _TRUNCATED_STD**2
+    kernel = keras.initializers.VarianceScaling(scale, "fan_in", "truncated_normal")
+    return kernel, keras.initializers.Zeros()
 
 
 @keras.saving.register_keras_serializable(package="keras_byol")
@@ -28,6 +52,9 @@ class MLPHead(keras.layers.Layer):
             `GROUPS`, at least 2 × `GROUPS`), "none".
         output_bias: whether the output Dense has a bias. The official code's has none
             (`pretrained.load_official` builds its heads with False).
+        init: the Dense layers' initialization, one of `HEAD_INITS` (`head_initializers`).
+        kernel_initializer, bias_initializer: Keras initializers for both Dense layers,
+            instead of `init`'s.
 
     Input shape (B, D_in) → output shape (B, output_dim).
 
@@ -46,18 +73,24 @@ class MLPHead(keras.layers.Layer):
         synchronized_batchnorm=True,
         norm="batch",
         output_bias=True,
+        init="truncated_normal",
+        kernel_initializer=None,
+        bias_initializer=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.output_bias = bool(output_bias)
+        head_initializers(init, 1)  # checks the name
+        self.init = init
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
         self.hidden_dim = int(hidden_dim)
         self.output_dim = int(output_dim)
         self.synchronized_batchnorm = bool(synchronized_batchnorm)
         if norm not in HEAD_NORMS:
             raise ValueError(f"MLPHead norm must be one of {HEAD_NORMS}; got {norm!r}.")
         self.norm_kind = norm
-        init = keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
-        self.hidden = layers.Dense(self.hidden_dim, kernel_initializer=init, name="hidden")
+        self.hidden = layers.Dense(self.hidden_dim, name="hidden")
         if norm == "batch":
             self.norm = FusedBatchNormalization(
                 momentum=0.9, epsilon=1e-5, synchronized=self.synchronized_batchnorm, name="norm"
@@ -77,11 +110,14 @@ class MLPHead(keras.layers.Layer):
             self.norm = layers.GroupNormalization(self.GROUPS, epsilon=1e-5, name="norm")
         else:
             self.norm = None
-        self.out = layers.Dense(
-            self.output_dim, use_bias=self.output_bias, kernel_initializer=init, name="output"
-        )
+        self.out = layers.Dense(self.output_dim, use_bias=self.output_bias, name="output")
 
     def build(self, input_shape):
+        # The initializers are set here, where the hidden layer's fan-in is known.
+        for dense, fan_in in ((self.hidden, input_shape[-1]), (self.out, self.hidden_dim)):
+            kernel, bias = head_initializers(self.init, fan_in)
+            dense.kernel_initializer = self.kernel_initializer or kernel
+            dense.bias_initializer = self.bias_initializer or bias
         self.hidden.build(input_shape)
         if self.norm is not None:
             self.norm.build((input_shape[0], self.hidden_dim))
@@ -104,4 +140,7 @@ class MLPHead(keras.layers.Layer):
             "synchronized_batchnorm": self.synchronized_batchnorm,
             "norm": self.norm_kind,
             "output_bias": self.output_bias,
+            "init": self.init,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
         }

@@ -125,6 +125,8 @@ class BYOL(TrainerWorkarounds, keras.Model):
             (`heads.MLPHead`).
         head_output_bias: whether the projector's and predictor's output Dense has a bias
             (the official code's has none; True keeps keras_byol's earlier heads).
+        head_init: the heads' Dense initialization, one of `heads.HEAD_INITS`
+            ("truncated_normal", "haiku" — the official code's —, "pytorch").
         remat: recompute each view's online encoder pass in the backward pass
             (`rematerialized_call`) instead of keeping its activations: the two views'
             encoder activations are no longer held at once, for one more encoder forward
@@ -165,6 +167,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
         head_norm="batch",
         remat=False,
         head_output_bias=True,
+        head_init="truncated_normal",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -180,7 +183,8 @@ class BYOL(TrainerWorkarounds, keras.Model):
         self.encoder = encoder
         self.head_norm = head_norm
         self.head_output_bias = bool(head_output_bias)
-        head = dict(norm=head_norm, output_bias=self.head_output_bias)
+        self.head_init = head_init
+        head = dict(norm=head_norm, output_bias=self.head_output_bias, init=head_init)
         self.projector = MLPHead(
             self.hidden_dim, self.projection_dim, synchronized_batchnorm, name="projector", **head
         )
@@ -568,6 +572,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
             "num_classes": self.num_classes,
             "head_norm": self.head_norm,
             "head_output_bias": self.head_output_bias,
+            "head_init": self.head_init,
             "remat": self.remat,
             "augmenter": (
                 None
