@@ -80,17 +80,23 @@ class MLPHead(keras.layers.Layer):
     ):
         super().__init__(**kwargs)
         self.output_bias = bool(output_bias)
-        head_initializers(init, 1)  # checks the name
         self.init = init
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
+        # One kernel initializer for both layers (it scales by each kernel's fan-in); the
+        # PyTorch bias, which needs the fan-in, is made in `build`.
+        kernel, bias = head_initializers(init, 1)
+        dense = dict(
+            kernel_initializer=self.kernel_initializer or kernel,
+            bias_initializer=self.bias_initializer or bias,
+        )
         self.hidden_dim = int(hidden_dim)
         self.output_dim = int(output_dim)
         self.synchronized_batchnorm = bool(synchronized_batchnorm)
         if norm not in HEAD_NORMS:
             raise ValueError(f"MLPHead norm must be one of {HEAD_NORMS}; got {norm!r}.")
         self.norm_kind = norm
-        self.hidden = layers.Dense(self.hidden_dim, name="hidden")
+        self.hidden = layers.Dense(self.hidden_dim, name="hidden", **dense)
         if norm == "batch":
             self.norm = FusedBatchNormalization(
                 momentum=0.9, epsilon=1e-5, synchronized=self.synchronized_batchnorm, name="norm"
@@ -110,14 +116,12 @@ class MLPHead(keras.layers.Layer):
             self.norm = layers.GroupNormalization(self.GROUPS, epsilon=1e-5, name="norm")
         else:
             self.norm = None
-        self.out = layers.Dense(self.output_dim, use_bias=self.output_bias, name="output")
+        self.out = layers.Dense(self.output_dim, use_bias=self.output_bias, name="output", **dense)
 
     def build(self, input_shape):
-        # The initializers are set here, where the hidden layer's fan-in is known.
-        for dense, fan_in in ((self.hidden, input_shape[-1]), (self.out, self.hidden_dim)):
-            kernel, bias = head_initializers(self.init, fan_in)
-            dense.kernel_initializer = self.kernel_initializer or kernel
-            dense.bias_initializer = self.bias_initializer or bias
+        if self.init == "pytorch" and self.bias_initializer is None:
+            for dense, fan_in in ((self.hidden, input_shape[-1]), (self.out, self.hidden_dim)):
+                dense.bias_initializer = head_initializers("pytorch", fan_in)[1]
         self.hidden.build(input_shape)
         if self.norm is not None:
             self.norm.build((input_shape[0], self.hidden_dim))
