@@ -172,8 +172,10 @@ def build_optimizer(config, model, steps_per_epoch):
     else:
         optimizer = keras.optimizers.AdamW(schedule, **common)
     # Keras' exclusion list is not saved with the optimizer: the job sets it on every build.
+    # The online probe is a monitor: no decay on it either (as with LARS).
+    probe = [] if model.probe is None else model.probe.trainable_variables
     optimizer.exclude_from_weight_decay(
-        var_list=[v for v in model.trainable_variables if len(v.shape) <= 1]
+        var_list=[v for v in model.trainable_variables if len(v.shape) <= 1] + probe
     )
     return optimizer
 

@@ -17,6 +17,7 @@ from keras_byol.batches import (
 from keras_byol.heads import MLPHead
 from keras_byol.losses import byol_loss
 from keras_byol.normalization import layers_without_per_view_statistics, per_view_statistics
+from keras_byol.optimizers import PROBE_LAYER
 from keras_byol.schedules import AppliedSteps, CosineTargetDecay, target_decay
 from keras_byol.workarounds import TrainerWorkarounds, bind_fit_arguments
 
@@ -56,6 +57,14 @@ def rematerialized_call(network, inputs):
     for variable, value in zip(network.non_trainable_variables, updated):
         variable.assign(value)
     return outputs
+
+
+def standardize_features(features, epsilon=1e-6):
+    """Each row of (B, D) features to zero mean and unit variance over its D values (the
+    online probe's input: a LayerNorm without parameters)."""
+    mean = ops.mean(features, axis=-1, keepdims=True)
+    variance = ops.var(features, axis=-1, keepdims=True)
+    return (features - mean) * ops.rsqrt(variance + epsilon)
 
 
 def synchronize_batchnorms(network, synchronized):
@@ -120,6 +129,13 @@ class BYOL(TrainerWorkarounds, keras.Model):
             stop-gradient online features of view 1, trained with its own cross-entropy in
             the same step on batches with a "label" (−1 = unlabelled, skipped). It reports
             `probe_accuracy` and does not change the BYOL gradients of the network.
+            `LARS` trains it without weight decay or trust ratio (plain momentum SGD at
+            the run's learning rate): through the trust ratio it learned too slowly to
+            say anything about the features (README "Watching a run").
+        probe_standardize: the probe reads each example's features standardized to zero
+            mean and unit variance over the D features (no parameters; the features'
+            overall scale then does not set the probe's pace). False: the raw features, as
+            the official code's classifier (`pretrained.load_official` uses False).
         head_norm: the projector's and predictor's hidden normalization, "batch" (the
             paper's) or, reading no batch statistics, "layer", "group" or "none"
             (`heads.MLPHead`).
@@ -168,6 +184,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
         remat=False,
         head_output_bias=True,
         head_init="truncated_normal",
+        probe_standardize=True,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -229,9 +246,10 @@ class BYOL(TrainerWorkarounds, keras.Model):
         )
         self.set_target_decay(target_decay or CosineTargetDecay())
         self.num_classes = None if num_classes is None else int(num_classes)
+        self.probe_standardize = bool(probe_standardize)
         self.probe = None
         if self.num_classes is not None:
-            self.probe = keras.layers.Dense(self.num_classes, name="online_probe")
+            self.probe = keras.layers.Dense(self.num_classes, name=PROBE_LAYER)
             self.probe.build((None, feature_dim))
             self.probe_loss_tracker = keras.metrics.Mean(name="probe_loss")
             self.probe_accuracy = keras.metrics.SparseCategoricalAccuracy(name="probe_accuracy")
@@ -441,7 +459,10 @@ class BYOL(TrainerWorkarounds, keras.Model):
             return loss, outputs
         # The probe reads the online features through a stop-gradient: it learns from
         # BYOL's representation without changing it.
-        logits = ops.cast(self.probe(ops.stop_gradient(features1)), "float32")
+        features = ops.cast(ops.stop_gradient(features1), "float32")
+        if self.probe_standardize:
+            features = standardize_features(features)
+        logits = ops.cast(self.probe(features), "float32")
         mask = ops.cast(labels >= 0, "float32")
         safe_labels = ops.where(labels >= 0, labels, ops.zeros_like(labels))
         cross_entropy = keras.losses.sparse_categorical_crossentropy(
@@ -573,6 +594,7 @@ class BYOL(TrainerWorkarounds, keras.Model):
             "head_norm": self.head_norm,
             "head_output_bias": self.head_output_bias,
             "head_init": self.head_init,
+            "probe_standardize": self.probe_standardize,
             "remat": self.remat,
             "augmenter": (
                 None

@@ -3,10 +3,15 @@
 import keras
 from keras import ops
 
+# The BYOL online probe's layer (`BYOL(num_classes=...)`): a monitor, not the representation.
+PROBE_LAYER = "online_probe"
+
 
 def _excluded_by_default(variable):
-    """Biases and BatchNorm/GroupNorm γ, β are the model's rank ≤ 1 variables."""
-    return len(variable.shape) <= 1
+    """Biases and BatchNorm/GroupNorm γ, β are the model's rank ≤ 1 variables; the online
+    probe's kernel is a monitor's (`PROBE_LAYER`)."""
+    path = getattr(variable, "path", variable.name)
+    return len(variable.shape) <= 1 or path.split("/")[-2:-1] == [PROBE_LAYER]
 
 
 @keras.saving.register_keras_serializable(package="keras_byol")
@@ -26,9 +31,10 @@ class LARS(keras.optimizers.Optimizer):
             Unlike Keras' decoupled `weight_decay`, it goes through the trust ratio.
         eta: trust coefficient η, 1e-3 in the recipe.
         exclude_from_adaptation: `None` excludes every variable of rank ≤ 1 (biases and
-            normalization γ/β, the recipe's rule) from both weight decay and the trust
-            ratio; a list of strings instead excludes the variables whose `path` contains
-            any of them.
+            normalization γ/β, the recipe's rule) and the BYOL online probe's kernel (a
+            monitor, trained here by plain momentum SGD: through the trust ratio it learns
+            too slowly to say anything) from both weight decay and the trust ratio; a list
+            of strings instead excludes the variables whose `path` contains any of them.
         name, **kwargs: passed to `keras.optimizers.Optimizer` (e.g. `clipnorm`).
 
     Example:

@@ -452,6 +452,7 @@ def load_official(path, *, include_heads=True, network="online", image_size=224)
         predictor_hidden_dim=architecture["predictor_hidden_dim"],
         num_classes=architecture["num_classes"],
         head_output_bias=False,  # the official heads' output Linear has none
+        probe_standardize=False,  # the official classifier reads the raw embedding
     )
     online = {"encoder": model.encoder, "projector": model.projector}
     online["predictor"] = model.predictor
