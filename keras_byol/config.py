@@ -10,7 +10,7 @@ import json
 
 from keras_byol.distribute import STRATEGIES
 from keras_byol.encoders import ENCODER_NORMS
-from keras_byol.heads import HEAD_NORMS
+from keras_byol.heads import HEAD_INITS, HEAD_NORMS
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -68,6 +68,13 @@ class PretrainConfig:
         "The projector's and predictor's hidden normalization: batch (the paper's), or "
         "without batch statistics layer, group (32 groups) or none.",
         choices=HEAD_NORMS,
+    )
+    head_init: str = _field(
+        "truncated_normal",
+        "The projector's and predictor's Dense initialization: truncated_normal (std "
+        "1/√fan_in), haiku (the official code's, std 0.88/√fan_in) or pytorch (kernel and "
+        "bias uniform in ±1/√fan_in, as torch.nn.Linear).",
+        choices=HEAD_INITS,
     )
     projection_dim: int = _field(64, "Output width of projector and predictor (paper 256).")
     hidden_dim: int = _field(512, "Hidden width of the projector (paper 4096).")

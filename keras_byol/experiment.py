@@ -231,6 +231,7 @@ def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnor
         synchronized_batchnorm=synchronized_batchnorm,
         concat_views=config.concat_views,
         head_norm=config.head_norm,
+        head_init=config.head_init,
         remat=config.remat,
     )
     model.compile(

@@ -70,3 +70,15 @@ def test_head_init_is_checked_and_saved(tmp_path):
     assert loaded.head_init == "pytorch" and loaded.projector.init == "pytorch"
     for saved, restored in zip(model.projector.weights, loaded.projector.weights):
         np.testing.assert_array_equal(saved, restored)
+
+
+def test_the_job_builds_the_heads_it_is_told():
+    from keras_byol import experiment
+    from keras_byol.config import PretrainConfig
+
+    config = PretrainConfig(head_init="pytorch", image_size=16, hidden_dim=8, projection_dim=4)
+    model = experiment.build_model(config, steps_per_epoch=2)
+    assert model.head_init == "pytorch" and model.predictor.init == "pytorch"
+    assert np.any(np.asarray(model.projector.out.bias) != 0)  # PyTorch's bias is not zero
+    with pytest.raises(ValueError, match="head_init must be one of"):
+        PretrainConfig(head_init="xavier")
