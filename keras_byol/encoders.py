@@ -22,7 +22,11 @@ ENCODER_NORMS = ("batch", "group_ws", "none")
 
 
 def _fan_in_truncated_normal():
-    """Haiku's default initializer (std 1/√fan_in, truncated), as in the official code."""
+    """A normal truncated at ±2σ with standard deviation 1/√fan_in after truncation. Haiku's
+    default (the official code's) is `TruncatedNormal(stddev=1/√fan_in)`, which it does not
+    rescale after truncation: its standard deviation is 0.88/√fan_in (BatchNorm follows
+    every convolution, so the scale changes no output; `heads.head_initializers("haiku")`
+    is that initializer for the heads)."""
     return keras.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
 
 
