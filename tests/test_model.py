@@ -379,6 +379,18 @@ def test_online_probe_learns_at_the_pace_of_the_run():
     assert model.optimizer.is_excluded(model.probe.kernel) and model.probe_standardize
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_the_job_exempts_the_probe_from_weight_decay(optimizer):
+    from keras_byol import experiment
+    from keras_byol.config import PretrainConfig
+
+    config = PretrainConfig(optimizer=optimizer, image_size=16, hidden_dim=8, projection_dim=4)
+    model = experiment.build_model(config, steps_per_epoch=2, num_classes=3)
+    decayed = {v.path for v in model.trainable_variables if model.optimizer._use_weight_decay(v)}
+    assert model.probe.kernel.path not in decayed
+    assert model.encoder.get_layer("stem_conv").kernel.path in decayed
+
+
 def test_probe_features_are_standardized_per_example():
     features = np.random.default_rng(0).normal(3.0, 5.0, (4, 16)).astype("float32")
     standardized = np.asarray(keras_byol.model.standardize_features(features))
