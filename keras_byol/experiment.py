@@ -17,7 +17,7 @@ from keras_byol.callbacks import applied_steps as steps_done
 from keras_byol.config import FIXED, REPLAN, PretrainConfig
 from keras_byol.model import BYOL
 from keras_byol.monitors import CollapseMonitor
-from keras_byol.optimizers import LARS
+from keras_byol.optimizers import LARS, excluded_by_default
 from keras_byol.schedules import AppliedSteps, CosineTargetDecay, WarmupCosine
 
 CHECKPOINT = os.path.join("checkpoint", "byol.keras")
@@ -172,10 +172,9 @@ def build_optimizer(config, model, steps_per_epoch):
     else:
         optimizer = keras.optimizers.AdamW(schedule, **common)
     # Keras' exclusion list is not saved with the optimizer: the job sets it on every build.
-    # The online probe is a monitor: no decay on it either (as with LARS).
-    probe = [] if model.probe is None else model.probe.trainable_variables
+    # The same rule as LARS's (biases, norms and the online probe get no decay).
     optimizer.exclude_from_weight_decay(
-        var_list=[v for v in model.trainable_variables if len(v.shape) <= 1] + probe
+        var_list=[v for v in model.trainable_variables if excluded_by_default(v)]
     )
     return optimizer
 

@@ -7,9 +7,10 @@ from keras import ops
 PROBE_LAYER = "online_probe"
 
 
-def _excluded_by_default(variable):
-    """Biases and BatchNorm/GroupNorm γ, β are the model's rank ≤ 1 variables; the online
-    probe's kernel is a monitor's (`PROBE_LAYER`)."""
+def excluded_by_default(variable):
+    """True for what gets no weight decay (nor LARS's trust ratio) by default: biases and
+    BatchNorm/GroupNorm γ, β (the model's rank ≤ 1 variables) and the online probe's
+    kernel, a monitor's (`PROBE_LAYER`)."""
     path = getattr(variable, "path", variable.name)
     return len(variable.shape) <= 1 or path.split("/")[-2:-1] == [PROBE_LAYER]
 
@@ -69,7 +70,7 @@ class LARS(keras.optimizers.Optimizer):
     def is_excluded(self, variable):
         """True when `variable` gets neither weight decay nor the trust ratio."""
         if self.exclude_from_adaptation is None:
-            return _excluded_by_default(variable)
+            return excluded_by_default(variable)
         path = getattr(variable, "path", variable.name)
         return any(key in path for key in self.exclude_from_adaptation)
 

@@ -44,8 +44,8 @@ _STATE_LEAVES = {"mean_ema": "moving_mean", "var_ema": "moving_variance"}
 _NETWORKS = ("online", "target")
 _ENCODER_MODULE = re.compile(r"^(res_net\d+)/~/(.+)$")
 _BLOCK_MODULE = re.compile(
-    r"^block_group_(\d+)/~/block_(\d+)/~/(conv|batchnorm)_([012])$"
-    r"|^block_group_(\d+)/~/block_(\d+)/~/shortcut_(conv|batchnorm)$"
+    r"^block_group_(?P<group>\d+)/~/block_(?P<block>\d+)/~/"
+    r"(?:(?P<kind>conv|batchnorm)_(?P<position>[012])|shortcut_(?P<shortcut>conv|batchnorm))$"
 )
 # The heads' sub-layers by attribute (`MLPHead.hidden`, `.norm`, `.out`).
 _HEAD_LAYERS = {"linear": "hidden", "batch_norm": "norm", "linear_1": "out"}
@@ -220,10 +220,7 @@ def official_architecture(params):
         match = _ENCODER_MODULE.match(module)
         block = match and _BLOCK_MODULE.match(match.group(2))
         if block:
-            group, index = (
-                int(x) for x in (block.group(1, 2) if block.group(1) else block.group(5, 6))
-            )
-            blocks[group].add(index)
+            blocks[int(block["group"])].add(int(block["block"]))
     per_group = tuple(len(blocks[g]) for g in range(4))
     names = [
         name
@@ -263,23 +260,16 @@ def official_architecture(params):
 
 
 def _encoder_layer(module, prefix):
-    """The Keras encoder layer an official encoder module maps to (None: not an encoder's)."""
-    if not module.startswith(prefix + "/~/"):
-        return None
+    """The Keras encoder layer of an official module under `prefix/~/` (False: no place)."""
     rest = module[len(prefix) + 3 :]
     if rest in ("initial_conv", "initial_batchnorm"):
         return "stem_conv" if rest == "initial_conv" else "stem_norm"
     block = _BLOCK_MODULE.match(rest)
     if block is None:
         return False  # an encoder module that keras_byol's ResNet has no place for
-    if block.group(1):
-        group, index, kind, position = block.group(1, 2, 3, 4)
-        part = "abc"[int(position)]
-    else:
-        group, index, kind = block.group(5, 6, 7)
-        part = "proj"
-    suffix = "conv" if kind == "conv" else "norm"
-    return f"stage{int(group) + 1}_block{int(index) + 1}_{part}_{suffix}"
+    part = "proj" if block["shortcut"] else "abc"[int(block["position"])]
+    suffix = "conv" if (block["kind"] or block["shortcut"]) == "conv" else "norm"
+    return f"stage{int(block['group']) + 1}_block{int(block['block']) + 1}_{part}_{suffix}"
 
 
 def _head_layer(module, head):
@@ -433,9 +423,8 @@ def load_official(path, *, include_heads=True, network="online", image_size=224)
         architecture["encoder"], (image_size, image_size, 3), width=architecture["width"]
     )
     if not include_heads:
-        model = encoder
-        _fill({"encoder": model}, checkpoint, network, architecture, path)
-        return model
+        _fill({"encoder": encoder}, checkpoint, network, architecture, path)
+        return encoder
 
     heads = ("projection_dim", "hidden_dim", "predictor_hidden_dim")
     if any(architecture[h] is None for h in heads):
@@ -454,8 +443,7 @@ def load_official(path, *, include_heads=True, network="online", image_size=224)
         head_output_bias=False,  # the official heads' output Linear has none
         probe_standardize=False,  # the official classifier reads the raw embedding
     )
-    online = {"encoder": model.encoder, "projector": model.projector}
-    online["predictor"] = model.predictor
+    online = {"encoder": model.encoder, "projector": model.projector, "predictor": model.predictor}
     if model.probe is not None:
         online["classifier"] = model.probe
     _fill(online, checkpoint, "online", architecture, path)
