@@ -9,17 +9,21 @@ views (keras_byol.augment.BYOL_VIEW1/2, additive brightness), "torchvision_brigh
 — the same with brightness_mode="multiplicative", as torchvision's ColorJitter in lightly's
 views: on grayscale digits the difference that matters (saturation, hue and grayscale do
 nothing to them; the blur kernel was measured not to matter, RESULTS.md) — and "small",
-the default job's views (SMALL_IMAGE_VIEW1/2: blur off, jitter strength 0.5).
+the default job's views (SMALL_IMAGE_VIEW1/2). A variant may change fields of both views:
+"small+brightness_mode=multiplicative+jitter=1+crop_area=0.2:1" (see `views_variant`).
 Scores on frozen features (inference mode): logistic regression on standardized features
 (sklearn, max_iter 3000) and a cosine 20-NN majority vote, for (a) the BYOL encoder, (b)
 the same encoder with random weights, (c) a linear classifier on raw pixels. One JSON line
 per views variant. SEED (default 0) seeds the weights, the views and the shuffle (the split
 stays the peer's); run the peer beside it with the same EPOCHS (and, for other seeds,
 benchmarks/peer_quality_seeded.py). HEAD_INIT (a comma list of keras_byol.heads.HEAD_INITS,
-default truncated_normal) pretrains once per views variant and heads' initialization.
+default the default job's, PretrainConfig.head_init) pretrains once per views variant and
+heads' initialization. VIEWS=small with no HEAD_INIT is the default job's recipe.
+ENCODER_INIT: "pytorch" (default, the peer's) or "keras" (Glorot-uniform, zero bias).
 
     EPOCHS=15 python benchmarks/quality.py
     EPOCHS=15 VIEWS=paper HEAD_INIT=truncated_normal,haiku,pytorch python benchmarks/quality.py
+    EPOCHS=15 VIEWS=small+brightness_mode=multiplicative python benchmarks/quality.py
     EPOCHS=15 /tmp/peer/bin/python ../shared/bench/peer_quality_mnist.py
 """
 
@@ -40,7 +44,7 @@ from sklearn.linear_model import LogisticRegression  # noqa: E402
 from sklearn.preprocessing import StandardScaler  # noqa: E402
 
 import keras_byol  # noqa: E402
-from keras_byol import augment, data  # noqa: E402
+from keras_byol import augment, config, data  # noqa: E402
 from keras_byol.evaluation import extract_features, knn_accuracy  # noqa: E402
 
 
@@ -61,12 +65,35 @@ VIEWS = {
         for view in (augment.BYOL_VIEW1, augment.BYOL_VIEW2)
     ),
 }
+_JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}  # strength 1
 
 
-def small_cnn(seed):
-    """The peer's encoder with PyTorch's init, seeded: (B, 32, 32, 3) → (B, 128)."""
+def views_variant(spec):
+    """(view1, view2) for "base+field=value+...": base one of VIEWS, each field a
+    ViewConfig field set in both views (tuples as lo:hi), or jitter=s (the four jitter
+    strengths s × the paper's 0.4/0.4/0.2/0.1), e.g. "small+brightness_mode=multiplicative"."""
+    base, *changes = spec.split("+")
+    pair = VIEWS[base]
+    for change in changes:
+        field, value = change.split("=")
+        if field == "jitter":
+            fields = {name: float(value) * strength for name, strength in _JITTER.items()}
+        elif ":" in value:
+            fields = {field: tuple(float(v) for v in value.split(":"))}
+        else:
+            try:
+                fields = {field: float(value)}
+            except ValueError:
+                fields = {field: value}
+        pair = tuple(dataclasses.replace(view, **fields) for view in pair)
+    return pair
+
+
+def small_cnn(seed, init="pytorch"):
+    """The peer's encoder, seeded: (B, 32, 32, 3) → (B, 128); init "pytorch" (the peer's:
+    kernel and bias U[±1/√fan_in]) or "keras" (Glorot-uniform kernel, zero bias)."""
     keras.utils.set_random_seed(seed)
-    return peer_small_cnn(pytorch_init=True)
+    return peer_small_cnn(pytorch_init={"pytorch": True, "keras": False}[init])
 
 
 def scores(train_features, test_features, labels, train, test):
@@ -80,28 +107,31 @@ def scores(train_features, test_features, labels, train, test):
 def main():
     epochs = int(os.environ.get("EPOCHS", 15))
     seed = int(os.environ.get("SEED", 0))
+    encoder_init = os.environ.get("ENCODER_INIT", "pytorch")
     images, labels, train, test = digits_32()
     floats = images.astype(np.float32) / 255.0
 
     def features(encoder):
         return extract_features(encoder, floats[train]), extract_features(encoder, floats[test])
 
-    random_linear, random_knn = scores(*features(small_cnn(seed)), labels, train, test)
+    random_linear, random_knn = scores(
+        *features(small_cnn(seed, encoder_init)), labels, train, test
+    )
     pixels = images.reshape(len(images), -1).astype(np.float32) / 255.0
     pixel_linear, _ = scores(pixels[train], pixels[test], labels, train, test)
 
     variants = [
         (name, head_init)
         for name in os.environ.get("VIEWS", ",".join(VIEWS)).split(",")
-        for head_init in os.environ.get("HEAD_INIT", "truncated_normal").split(",")
+        for head_init in os.environ.get("HEAD_INIT", config.PretrainConfig().head_init).split(",")
     ]
     for name, head_init in variants:
         start = time.time()
         model = keras_byol.BYOL(
-            small_cnn(seed), projection_dim=64, hidden_dim=256, head_init=head_init
+            small_cnn(seed, encoder_init), projection_dim=64, hidden_dim=256, head_init=head_init
         )
         model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
-        view1, view2 = VIEWS[name]
+        view1, view2 = views_variant(name)
         views = data.pretrain_dataset(
             images[train], batch_size=128, image_size=32, seed=seed, view1=view1, view2=view2
         )
@@ -115,6 +145,7 @@ def main():
             "data": "mnist5k",
             "views": name,
             "head_init": head_init,
+            "encoder_init": encoder_init,
             "epochs": epochs,
             "byol_linear": byol_linear,
             "byol_knn": byol_knn,
