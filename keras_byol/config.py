@@ -70,10 +70,11 @@ class PretrainConfig:
         choices=HEAD_NORMS,
     )
     head_init: str = _field(
-        "truncated_normal",
-        "The projector's and predictor's Dense initialization: truncated_normal (std "
-        "1/√fan_in), haiku (the official code's, std 0.88/√fan_in) or pytorch (kernel and "
-        "bias uniform in ±1/√fan_in, as torch.nn.Linear).",
+        "pytorch",
+        "The projector's and predictor's Dense initialization: pytorch (kernel and bias "
+        "uniform in ±1/√fan_in, as torch.nn.Linear; the best measured on small images), haiku "
+        "(the official code's, std 0.88/√fan_in; the ImageNet presets) or truncated_normal "
+        "(std 1/√fan_in, keras_byol.BYOL's default).",
         choices=HEAD_INITS,
     )
     projection_dim: int = _field(64, "Output width of projector and predictor (paper 256).")
@@ -128,7 +129,8 @@ class PretrainConfig:
     seed: int = _field(0, "Seeds weights, the order of examples and every view.")
     views: str = _field(
         "small",
-        "byol: the paper's views; small: blur off, jitter strength 0.5 (CIFAR-size images).",
+        "byol: the paper's views; small: the same with torchvision's multiplicative "
+        "brightness (the best measured on small images).",
         choices=VIEW_PRESETS,
     )
     augment_on: str = _field(

@@ -1,6 +1,7 @@
 """pretrain(config, workdir): data → model → fit with checkpoints/resume → export → evaluation."""
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -288,15 +289,54 @@ def _check_data_length(run, steps_per_epoch, workdir):
 
 
 def _run_record(config, run, steps_per_epoch, step, changes):
-    """config.json's content: the config, the data's steps per epoch and the history of
-    re-planned changes (step, field, old and new value)."""
+    """config.json's content: the config, the data's steps per epoch, every field of the
+    two views and the history of re-planned changes (step, field, old and new value)."""
     history = list((run or {}).get("resume_history", []))
     if changes:
         history.append(
             {"at_step": step, "changes": {k: [old, new] for k, (new, old) in changes.items()}}
         )
     record = {**config.to_dict(), "data_steps_per_epoch": steps_per_epoch}
+    record["view_configs"] = _view_record(config)
     return json.dumps({**record, "resume_history": history}, indent=2, sort_keys=True)
+
+
+def _view_record(config):
+    """{"view1": {field: value}, "view2": ...} of the views the --views preset names in this
+    version of keras_byol, as JSON stores them (tuples as lists)."""
+    views = zip(("view1", "view2"), _view_configs(config))
+    return json.loads(json.dumps({name: dataclasses.asdict(view) for name, view in views}))
+
+
+def _views_changed_message(config, run):
+    """A warning when the run's record holds other views than its --views preset gives
+    now (the preset changed between keras_byol versions), else None."""
+    saved = run.get("view_configs")
+    if saved is None and config.views != "small":
+        return None  # the paper's views have not changed
+    if saved is None:
+        return (
+            f"Warning: this run's record does not list its views (it was written before "
+            f"keras_byol recorded them); it continues with today's --views={config.views} "
+            "(the 'small' preset changed on 2026-12-03: multiplicative brightness, full "
+            "jitter strength, the paper's blur)."
+        )
+    now = _view_record(config)
+    changed = [
+        f"{name}.{field} {saved[name].get(field)!r} → {value!r}"
+        for name, view in now.items()
+        for field, value in view.items()
+        if saved[name].get(field) != value
+    ]
+    if not changed:
+        return None
+    fields = f"{len(changed)} field{'s' * (len(changed) > 1)}: {', '.join(changed)}"
+    return (
+        f"Warning: --views={config.views} now differs from the views this run started with "
+        f"({fields}): the preset changed in this version of keras_byol. The run continues "
+        "with the views after each arrow; to keep the others, resume with the keras_byol "
+        "version that started it."
+    )
 
 
 def _divergence_message(config, model, guard, checkpoint):
@@ -398,6 +438,9 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
     total_steps = optimizer_steps(config, steps_per_epoch)
     if resuming:
         print(f"Resuming from {checkpoint_path} at step {step}.", flush=True)
+        views_changed = _views_changed_message(config, run) if run else None
+        if views_changed:
+            print(views_changed, flush=True)
     if changes:
         listing = ", ".join(f"{k} {old} → {new}" for k, (new, old) in changes.items())
         print(

@@ -142,7 +142,10 @@ class BYOL(TrainerWorkarounds, keras.Model):
         head_output_bias: whether the projector's and predictor's output Dense has a bias
             (the official code's has none; True keeps keras_byol's earlier heads).
         head_init: the heads' Dense initialization, one of `heads.HEAD_INITS`
-            ("truncated_normal", "haiku" — the official code's —, "pytorch").
+            ("truncated_normal", "haiku" — the official code's —, "pytorch"). The
+            default is kept for compatibility; the job's small-image recipe uses "pytorch"
+            (the best measured on real digits, 2.6–3.5 points of 20-NN over the default)
+            and its ImageNet presets "haiku".
         remat: recompute each view's online encoder pass in the backward pass
             (`rematerialized_call`) instead of keeping its activations: the two views'
             encoder activations are no longer held at once, for one more encoder forward

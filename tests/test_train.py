@@ -88,6 +88,18 @@ def test_presets_carry_the_official_values():
     )
 
 
+def test_presets_initialize_the_heads_as_measured():
+    """ImageNet-size presets keep the official (Haiku) heads; the small-image recipes take
+    PyTorch's, the best measured on real digits (benchmarks/RESULTS.md)."""
+    official = ["imagenette_resnet18.cfg", "imagenet_resnet50_groupnorm_ws.cfg"]
+    official += [f"imagenet_resnet50_{n}ep.cfg" for n in (100, 300, 1000)]
+    for name in official:
+        assert _parse(ROOT / "configs" / name).head_init == "haiku", name
+    for name in ("default.cfg", "cifar10_resnet18.cfg", "smoke.cfg"):
+        assert _parse(ROOT / "configs" / name).head_init == "pytorch", name
+    assert config_module.PretrainConfig().head_init == "pytorch"  # the job with no flags
+
+
 def test_the_batch_free_preset_reads_no_batch_statistics():
     """configs/imagenet_resnet50_groupnorm_ws.cfg as the job builds it (at 32 px, ⅛ width):
     no layer of the online or target networks reads the batch, and in training mode each
@@ -224,12 +236,21 @@ def test_resume_after_kill_9_between_step_checkpoints_matches_an_uninterrupted_r
 @pytest.mark.slow
 def test_extending_a_finished_run_trains_the_new_epochs_with_replanned_schedules(smoke_run):
     workdir, _ = smoke_run
+    # As if an older keras_byol, whose --views=small was other views, had started the run.
+    record = json.loads((workdir / "config.json").read_text())
+    assert record["view_configs"]["view1"]["brightness_mode"] == "multiplicative"
+    record["view_configs"]["view1"]["brightness_mode"] = "additive"
+    (workdir / "config.json").write_text(json.dumps(record))
     longer = _train(
         "--flagfile=configs/smoke.cfg", f"--workdir={workdir}", "--noevaluate", "--epochs=4"
     )
     assert longer.returncode == 0, longer.stderr[-3000:]
     assert "Resuming from" in longer.stdout and "at step 6." in longer.stdout
     assert "Re-planned (epochs 2 → 4)" in longer.stdout and "end at step 12" in longer.stdout
+    assert (
+        "Warning: --views=small now differs from the views this run started with (1 field: "
+        "view1.brightness_mode 'additive' → 'multiplicative')" in longer.stdout
+    )
     assert "epoch 1: loss" not in longer.stdout and "epoch 4: loss" in longer.stdout
     tau3, lr3 = _epoch_values(longer.stdout, 3)
     assert lr3 > 0  # the old schedule ended at step 6 with a learning rate of 0
@@ -240,6 +261,17 @@ def test_extending_a_finished_run_trains_the_new_epochs_with_replanned_schedules
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["epochs"] == 4 and saved["data_steps_per_epoch"] == 3
     assert saved["resume_history"] == [{"at_step": 6, "changes": {"epochs": [2, 4]}}]
+    assert saved["view_configs"]["view1"]["brightness_mode"] == "multiplicative"
+
+
+def test_a_resumed_record_without_its_views_is_warned_about_only_where_the_preset_changed():
+    from keras_byol import experiment
+
+    small, paper = config_module.PretrainConfig(), config_module.PretrainConfig(views="byol")
+    assert "does not list its views" in experiment._views_changed_message(small, {})
+    assert experiment._views_changed_message(paper, {}) is None
+    same = {"view_configs": experiment._view_record(small)}
+    assert experiment._views_changed_message(small, same) is None
 
 
 @pytest.mark.slow
