@@ -20,6 +20,8 @@ benchmarks/peer_quality_seeded.py). HEAD_INIT (a comma list of keras_byol.heads.
 default the default job's, PretrainConfig.head_init) pretrains once per views variant and
 heads' initialization. VIEWS=small with no HEAD_INIT is the default job's recipe.
 ENCODER_INIT: "pytorch" (default, the peer's) or "keras" (Glorot-uniform, zero bias).
+HEAD_SCALE (a comma list, default 1): multiplies the heads' initial kernels (online and
+target alike; biases as drawn), e.g. HEAD_INIT=pytorch HEAD_SCALE=0.5,2 for U(±a/√fan_in).
 
     EPOCHS=15 python benchmarks/quality.py
     EPOCHS=15 VIEWS=paper HEAD_INIT=truncated_normal,haiku,pytorch python benchmarks/quality.py
@@ -96,6 +98,14 @@ def small_cnn(seed, init="pytorch"):
     return peer_small_cnn(pytorch_init={"pytorch": True, "keras": False}[init])
 
 
+def scale_heads(model, factor):
+    """Multiplies every initial Dense kernel of the projector, its target copy and the
+    predictor by `factor` (the target stays an exact copy of the online projector)."""
+    for head in (model.projector, model.target_projector, model.predictor):
+        for dense in (head.hidden, head.out):
+            dense.kernel.assign(dense.kernel * factor)
+
+
 def scores(train_features, test_features, labels, train, test):
     scaler = StandardScaler().fit(train_features)
     linear = LogisticRegression(max_iter=3000).fit(scaler.transform(train_features), labels[train])
@@ -121,15 +131,17 @@ def main():
     pixel_linear, _ = scores(pixels[train], pixels[test], labels, train, test)
 
     variants = [
-        (name, head_init)
+        (name, head_init, float(scale))
         for name in os.environ.get("VIEWS", ",".join(VIEWS)).split(",")
         for head_init in os.environ.get("HEAD_INIT", config.PretrainConfig().head_init).split(",")
+        for scale in os.environ.get("HEAD_SCALE", "1").split(",")
     ]
-    for name, head_init in variants:
+    for name, head_init, head_scale in variants:
         start = time.time()
         model = keras_byol.BYOL(
             small_cnn(seed, encoder_init), projection_dim=64, hidden_dim=256, head_init=head_init
         )
+        scale_heads(model, head_scale)
         model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=1e-4))
         view1, view2 = views_variant(name)
         views = data.pretrain_dataset(
@@ -146,6 +158,7 @@ def main():
             "views": name,
             "head_init": head_init,
             "encoder_init": encoder_init,
+            "head_kernel_scale": head_scale,
             "epochs": epochs,
             "byol_linear": byol_linear,
             "byol_knn": byol_knn,
