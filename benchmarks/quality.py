@@ -62,12 +62,13 @@ def digits_32():
 VIEWS = {
     "paper": (augment.BYOL_VIEW1, augment.BYOL_VIEW2),
     "small": (augment.SMALL_IMAGE_VIEW1, augment.SMALL_IMAGE_VIEW2),  # the default job's
-    "torchvision_brightness": tuple(
-        dataclasses.replace(view, brightness_mode="multiplicative")
-        for view in (augment.BYOL_VIEW1, augment.BYOL_VIEW2)
-    ),
+    # The paper's views with torchvision's brightness: since 2026-12-03 the small preset.
+    "torchvision_brightness": (augment.SMALL_IMAGE_VIEW1, augment.SMALL_IMAGE_VIEW2),
 }
-_JITTER = {"brightness": 0.4, "contrast": 0.4, "saturation": 0.2, "hue": 0.1}  # strength 1
+_JITTER = {
+    name: getattr(augment.BYOL_VIEW1, name)
+    for name in ("brightness", "contrast", "saturation", "hue")
+}
 
 
 def views_variant(spec):
