@@ -7,6 +7,9 @@ architecture with random weights), plus the collapse monitor's final `projection
 
     python -m keras_byol.ablation --workdir=/tmp/byol_ablation            # bundled digits
     python -m keras_byol.ablation --workdir=/tmp/byol_ablation --seeds=0,1
+    python -m keras_byol.ablation --flagfile=configs/smoke.cfg --workdir=/tmp/a  # seconds
+
+The base recipe takes the training job's flags (`python -m keras_byol.train --helpfull`).
 
 Each variant runs in WORKDIR/<variant>_seed<S> (a killed ablation resumes: finished runs
 are read back from their row.json, an interrupted one resumes from its checkpoint).
@@ -178,33 +181,42 @@ FLAGS = flags.FLAGS
 
 
 def _define_flags():
-    """The entry point's flags (defined only when run as a program: the job's flags share
-    names with them)."""
-    flags.DEFINE_string("workdir", "byol_ablation", "Folder of the runs, table and figure.")
+    """The entry point's flags: the training job's (the base recipe: --flagfile, --epochs,
+    --warmup_epochs, … as `python -m keras_byol.train` takes them; each variant sets its
+    own --encoder_norm/--head_norm and --seed) plus the ablation's own. Defined only when
+    run as a program."""
+    from keras_byol import train  # defines the job's flags
+
+    del train
+    FLAGS.set_default("workdir", "byol_ablation")
     flags.DEFINE_list("seeds", ["0"], "Seeds; each variant runs once per seed.")
     flags.DEFINE_list(
         "variants",
         [v.name for v in VARIANTS],
         "Variants to run: " + ", ".join(v.name for v in VARIANTS),
     )
-    flags.DEFINE_integer("epochs", PretrainConfig.epochs, "Pretraining epochs of every run.")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+    from keras_byol import train
+
     by_name = {v.name: v for v in VARIANTS}
     unknown = sorted(set(FLAGS.variants) - set(by_name))
     if unknown:
         raise app.UsageError(f"Unknown variants {unknown}; choose from {sorted(by_name)}.")
     absl_logging.set_verbosity(absl_logging.WARNING)  # TF's export logs at INFO otherwise
-    os.makedirs(FLAGS.workdir, exist_ok=True)
-    report = run(
-        FLAGS.workdir,
-        PretrainConfig(epochs=FLAGS.epochs),
-        seeds=[int(s) for s in FLAGS.seeds],
-        variants=[by_name[name] for name in FLAGS.variants],
-    )
+    try:
+        seeds = [int(s) for s in FLAGS.seeds]
+        base = train.config_from_flags()
+        os.makedirs(FLAGS.workdir, exist_ok=True)
+        report = run(
+            FLAGS.workdir, base, seeds=seeds, variants=[by_name[name] for name in FLAGS.variants]
+        )
+    except (ValueError, TypeError) as error:
+        print(f"keras_byol.ablation: {error}", file=sys.stderr)
+        sys.exit(1)
     sys.stdout.write(report["table"])
     print(f"Table, figure and runs in {FLAGS.workdir}.")
 

@@ -19,6 +19,21 @@ INPUT_PROBLEMS = {
 }
 
 
+# The message of the in-step check that stops a one-image batch before the step runs.
+SINGLE_IMAGE_REFUSAL = f"BYOL batches {INPUT_PROBLEMS['input_single_image_batches']}."
+
+
+def refused_before_the_step(error, step):
+    """A ValueError for an error raised by the in-step check of the batch size, or None."""
+    if SINGLE_IMAGE_REFUSAL not in str(error):
+        return None
+    return ValueError(
+        f"Bad input to BYOL at optimizer step {step}: a batch "
+        f"{INPUT_PROBLEMS['input_single_image_batches']}. It was refused before the step: "
+        "nothing of it was applied."
+    )
+
+
 def encoder_input_shape(encoder):
     """(H, W, C) of a functional/Sequential encoder, or a ValueError saying what to do."""
     inputs = getattr(encoder, "inputs", None)
@@ -127,7 +142,7 @@ def input_problem_flags(view1, view2, replicas=1):
 def check_batch_size(view, replicas=1):
     """Raises at trace time when the batch size is known and below 2."""
     if view.shape[0] is not None and view.shape[0] * replicas < 2:
-        raise ValueError(f"BYOL batches {INPUT_PROBLEMS['input_single_image_batches']}.")
+        raise ValueError(SINGLE_IMAGE_REFUSAL)
 
 
 def batch_labels(data):

@@ -3,12 +3,13 @@
 import logging
 import math
 import os
+import warnings
 
 import keras
 import numpy as np
 
 from keras_byol.batches import INPUT_PROBLEMS
-from keras_byol.model import accumulation_steps, batch_counter
+from keras_byol.model import accumulation_steps, batch_counter, optimizer_of
 from keras_byol.schedules import CosineTargetDecay
 from keras_byol.workdir import write_atomically
 
@@ -75,6 +76,38 @@ class TargetDecayPlan(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.model.warn_if_target_frozen(applied_steps(self.model))
+
+
+class LearningRateCheck(keras.callbacks.Callback):
+    """Warns when the learning rate is 0 at every step of a `fit` call (a finished run's
+    schedule has ended: nothing would be trained); `BYOL.fit` adds one."""
+
+    SAMPLES = 64  # steps of the call at which the schedule is evaluated, evenly spaced
+
+    def on_train_begin(self, logs=None):
+        optimizer = optimizer_of(self.model.optimizer)
+        rate = getattr(optimizer, "_learning_rate", None)
+        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        if rate is None or not steps or not epochs:
+            return
+        first = int(keras.ops.convert_to_numpy(batch_counter(optimizer)))
+        batches = int(steps) * int(epochs)  # at most: initial_epoch is not in params
+        if isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            at = np.unique(np.linspace(first, first + batches - 1, self.SAMPLES).round())
+            values = [float(keras.ops.convert_to_numpy(rate(int(step)))) for step in at]
+        else:
+            values = [float(keras.ops.convert_to_numpy(rate))]
+        if any(values):
+            return
+        warnings.warn(
+            f"The learning rate is 0 at every step of this fit call (from batch {first}, "
+            f"{type(rate).__name__}): the weights will not change. A finished run's schedule "
+            "has ended; to continue it set a new one, model.optimizer.learning_rate = "
+            "schedule, and plan τ for the longer run with model.set_target_decay("
+            "keras_byol.schedules.CosineTargetDecay(base_tau, total_steps)) (the training "
+            "job does both when rerun with a larger --epochs).",
+            stacklevel=2,
+        )
 
 
 def raise_on_input_problems(logs, step):

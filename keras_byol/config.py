@@ -23,6 +23,10 @@ DEFAULT_LEARNING_RATE = {"lars": 0.2, "sgd": 0.05, "adamw": 1e-3}
 DEFAULT_WEIGHT_DECAY = {"lars": 1.5e-6, "sgd": 1e-4, "adamw": 1e-4}
 BATCH_SCALED = {"lars": True, "sgd": True, "adamw": False}
 
+# The smallest image side the job's ResNets take: their total stride (the small-image stem
+# keeps full resolution until stage 2; the ImageNet stem divides by 4 first).
+SMALLEST_IMAGE = {True: 8, False: 32}
+
 # What a rerun in a workdir holding a checkpoint may change, per field:
 FIXED = "fixed"  # defines what is trained: a change is refused
 REPLAN = "replan"  # a schedule length or size: continues from the current step, re-planned
@@ -84,8 +88,9 @@ class PretrainConfig:
     )
     epochs: int = _field(
         12,
-        "Pretraining epochs. Rerun a workdir with more (or fewer) to extend (or shorten) the "
-        "run: the learning-rate and τ schedules are re-planned to end at the new total.",
+        "Pretraining epochs. Rerun a workdir with more to extend the run: the learning-rate "
+        "and τ schedules are re-planned to end at the new total. Fewer are taken while the "
+        "run has not passed their end, and refused once it has.",
         resume=REPLAN,
     )
     steps_per_epoch: int = _field(0, "Steps per epoch; 0 = one pass over the data.")
@@ -192,7 +197,7 @@ class PretrainConfig:
         True, "Linear probe and 20-NN vs random weights after pretraining.", resume=FREE
     )
     eval_epochs: int = _field(100, "Epochs of the linear probe.", resume=FREE)
-    shuffle_buffer: int = _field(10_000, "tf.data shuffle buffer (examples).")
+    shuffle_buffer: int = _field(10_000, "tf.data shuffle buffer (examples, >= 1).")
 
     def __post_init__(self):
         def need(condition, message):
@@ -216,10 +221,19 @@ class PretrainConfig:
             "steps_per_execution",
             "checkpoint_every_epochs",
             "eval_epochs",
+            "shuffle_buffer",
         ):
             need(getattr(self, name) >= 1, f"{name} must be >= 1; got {getattr(self, name)}.")
         for name in ("steps_per_epoch", "checkpoint_every_steps"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0; got {getattr(self, name)}.")
+        smallest = SMALLEST_IMAGE[self.small_images]
+        need(
+            self.image_size >= smallest,
+            f"image_size={self.image_size} is below {smallest}, the ResNet's total stride "
+            f"with small_images={self.small_images}: its last stage would see padding, not "
+            f"the image. Use image_size >= {smallest}"
+            + ("." if self.small_images else " or --small_images."),
+        )
         need(self.width > 0, f"width must be positive; got {self.width}.")
         need(self.lars_eta > 0, f"lars_eta must be positive; got {self.lars_eta}.")
         need(self.tpu_timeout > 0, f"tpu_timeout must be positive; got {self.tpu_timeout}.")

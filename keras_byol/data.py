@@ -69,7 +69,7 @@ def labelled_ids(source, split="train"):
     file and the index in it) of a tensorflow-datasets split. `eval_dataset(..., ids=True)`
     yields the same ids, and label subsets are sets of them."""
     if isinstance(source, tuple) and len(source) == 2:
-        labels = np.asarray(source[1], np.int64)
+        labels = checked_labels(source[1])
         return np.arange(len(labels), dtype=np.int64), labels
     if isinstance(source, np.ndarray):
         return np.arange(len(source), dtype=np.int64), np.full(len(source), -1, np.int64)
@@ -100,7 +100,8 @@ def _member_of(ids):
 def num_classes(source):
     """Number of classes of a labelled source, or None when it has no labels."""
     if isinstance(source, tuple) and len(source) == 2:
-        return int(np.max(source[1])) + 1 if len(source[1]) else None
+        labels = checked_labels(source[1])
+        return int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else None
     if isinstance(source, np.ndarray):
         return None
     if is_folder(source):
@@ -435,6 +436,20 @@ def _columns(source, input_context, class_names=None):
             "source must be a tensorflow-datasets name, a folder path, an array of images "
             f"(N, H, W[, C]) or an (images, labels) tuple; got {type(source).__name__}."
         )
+    images = checked_image_array(images)
+    labels = np.full(len(images), -1, np.int64) if labels is None else checked_labels(labels)
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
+    return _shard({"image": images, "label": labels}, input_context)
+
+
+def checked_image_array(images):
+    """`images` as (N, H, W, C) uint8 or float in [0, 1], or a ValueError naming the fix.
+
+    Integer arrays (int64 from NumPy, int32, …) with values in [0, 255] become uint8.
+    Float arrays must be in [0, 1] (up to a resampling overshoot of 0.5): the views clip
+    there, so [0, 255] floats would be mostly white.
+    """
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
@@ -443,10 +458,49 @@ def _columns(source, input_context, class_names=None):
             "Image arrays must be (N, H, W) or (N, H, W, C) with N ≥ 1 and C ∈ {1, 3, 4}; "
             f"got {images.shape}."
         )
-    labels = np.full(len(images), -1, np.int64) if labels is None else np.asarray(labels, np.int64)
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-    return _shard({"image": images, "label": labels}, input_context)
+    kind = images.dtype.kind
+    if kind not in "uif":
+        raise ValueError(
+            f"Image arrays must be uint8 or float in [0, 1]; got dtype {images.dtype}."
+        )
+    low, high = float(images.min()), float(images.max())
+    if kind in "ui" and images.dtype != np.uint8:
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"Integer images must hold pixels in [0, 255]; these ({images.dtype}) range "
+                f"over [{low:g}, {high:g}]."
+            )
+        images = images.astype(np.uint8)
+    elif kind == "f" and (high > 1.5 or low < -0.5):
+        fix = "divide by 255 or pass uint8" if high > 1.5 else "pass images before normalization"
+        raise ValueError(
+            f"Float images must be in [0, 1]; these range over [{low:g}, {high:g}] and would be "
+            f"clipped to [0, 1]: {fix}."
+        )
+    return images
+
+
+def _refuse_flat_images(images):
+    """Raises when every image of a pretraining array is one flat value (all zeros, say):
+    both views of each would be the same constant and BYOL would learn nothing."""
+    flat = images.reshape(len(images), -1)
+    if (flat.min(axis=1) == flat.max(axis=1)).all():
+        raise ValueError(
+            f"Every one of the {len(images)} images is a single flat value: both views of "
+            "each would be the same constant and BYOL would learn nothing."
+        )
+
+
+def checked_labels(labels):
+    """`labels` as (N,) int64 class indices, or a ValueError naming the fix."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "uib"):
+        raise ValueError(
+            f"Labels must be a 1-D array of integer class indices (−1 = none); got dtype "
+            f"{labels.dtype}, shape {labels.shape}. Map names to indices: "
+            "classes, labels = np.unique(names, return_inverse=True)."
+        )
+    return labels.astype(np.int64)
 
 
 def _as_tensors(columns):
@@ -657,6 +711,8 @@ def _pass_maker(
             records = _tfds_records(name, split, input_context)
             examples = int(records.cardinality())
     else:
+        if "image" in columns[0]:
+            _refuse_flat_images(columns[0]["image"])
         columns, examples = _as_tensors(columns[0]), columns[1]
     if examples >= 0 and examples < batch_size:
         raise ValueError(

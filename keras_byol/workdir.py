@@ -128,9 +128,71 @@ def write_text(path, text):
     write_atomically(path, write)
 
 
-def merge_json(path, key_values):
-    """Merges `key_values` into the JSON object at `path` (created when missing): keys
-    not in `key_values` are kept. Concurrent merges into one folder wait for each other."""
+# eval.json: the entries of an older encoder go under this key, by the step they measured.
+EARLIER_STEPS = "earlier_steps"
+# The job's own entries are flat numbers; their step is the file's top-level "step".
+JOB_ENTRY_PREFIXES = ("byol_", "random_", "pretrain_seconds")
+
+
+def merge_evaluation(path, entries, step, encoder):
+    """Merges evaluation `entries` of the encoder at optimizer `step` into eval.json.
+
+    Every entry says which encoder it measured: a dict entry (`python -m
+    keras_byol.evaluate`'s) gets "step" and "encoder"; the job's flat numbers share the
+    file's top-level "step" and "encoder". Entries of another step (None: unknown, from
+    an export without a recorded step) no longer describe the encoder: they move to
+    eval.json["earlier_steps"][str(their step)], so the top level describes one
+    encoder. Returns the keys moved (also printed in one line).
+    """
+    entries = {
+        key: {**value, "step": step, "encoder": encoder} if isinstance(value, dict) else value
+        for key, value in entries.items()
+    }
+    if any(key.startswith(JOB_ENTRY_PREFIXES) for key in entries):
+        entries.update(step=step, encoder=encoder)
+    moved = []
+
+    def update(previous):
+        earlier = dict(previous.pop(EARLIER_STEPS, {}))
+        job_step = previous.pop("step", None)
+        job_encoder = previous.pop("encoder", None)
+        current = {}
+        for key, value in previous.items():
+            measured = value.get("step") if isinstance(value, dict) else job_step
+            if measured == step:
+                current[key] = value
+            else:
+                older = earlier.setdefault(str(measured), {})
+                older[key] = value
+                if not isinstance(value, dict) and job_encoder is not None:
+                    older.update(step=job_step, encoder=job_encoder)
+                moved.append(key)
+        if (
+            job_step == step
+            and job_encoder is not None
+            and any(key.startswith(JOB_ENTRY_PREFIXES) for key in current)
+        ):
+            current.update(step=job_step, encoder=job_encoder)
+        current.update(entries)
+        if earlier:
+            current[EARLIER_STEPS] = earlier
+        return current
+
+    if entries or os.path.exists(path):
+        _update_json(path, update)
+    if moved:
+        print(
+            f"{path}: {', '.join(sorted(moved))} measured an earlier encoder (the encoder is "
+            f"now at step {step}); moved under {EARLIER_STEPS!r}. Rerun python -m "
+            "keras_byol.evaluate to measure this one.",
+            flush=True,
+        )
+    return moved
+
+
+def _update_json(path, update):
+    """Writes update(the JSON object at `path`, or {}) to `path`; concurrent updates of
+    one folder wait for each other."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     descriptor = os.open(folder, os.O_RDONLY)
@@ -146,7 +208,7 @@ def merge_json(path, key_values):
                         f"{path!r} is not valid JSON ({error}); move it away so its results "
                         "are not lost, then rerun."
                     ) from None
-        write_text(path, json.dumps({**previous, **key_values}, indent=2))
+        write_text(path, json.dumps(update(previous), indent=2))
     finally:
         with contextlib.suppress(OSError):
             os.close(descriptor)

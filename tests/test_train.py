@@ -226,6 +226,11 @@ def test_resume_after_kill_9_between_step_checkpoints_matches_an_uninterrupted_r
     # uninterrupted run at the same step.
     first_epoch = steps_at_kill // 5 + 1
     assert f"epoch {first_epoch}: loss" in resumed.stdout
+    # Said as what it is: the rest of epoch e of 3 (Keras' own line would be "Epoch e/e").
+    assert f"Finishing epoch {first_epoch}/3 from its batch {steps_at_kill % 5} of 5." in (
+        resumed.stdout
+    )
+    assert f"Epoch {first_epoch}/{first_epoch}\n" not in resumed.stdout or first_epoch == 3
     for epoch in range(first_epoch, 4):
         assert _epoch_values(resumed.stdout, epoch) == _epoch_values(uninterrupted.stdout, epoch)
         assert _epoch_values(resumed.stdout, epoch)[0] == pytest.approx(

@@ -2,6 +2,7 @@
 
 import tensorflow as tf
 
+from keras_byol.batches import SINGLE_IMAGE_REFUSAL
 from keras_byol.model import accumulation_steps, optimizer_of
 from keras_byol.workarounds import give_multi_worker_logs_an_axis
 
@@ -19,8 +20,11 @@ def train_step(model, data):
     view1, view2, labels = model.read_batch(data)
     optimizer = model.optimizer
     online_variables = model.trainable_variables
-    # k = optimizer steps applied before this one: the τ index of the official code.
-    step = tf.identity(optimizer.iterations)
+    with tf.control_dependencies(_single_image_check(model, view1)):
+        # k = optimizer steps applied before this one: the τ index of the official code.
+        # (Read after the check: every update of the step is ordered after this read.)
+        step = tf.identity(optimizer.iterations)
+        view1, view2 = tf.identity(view1), tf.identity(view2)
     with tf.GradientTape() as tape:
         loss, outputs = model.compute_losses(view1, view2, labels)
         # Gradients are summed over replicas: divide by their count so the update is the
@@ -38,6 +42,23 @@ def train_step(model, data):
     tau = model.update_target(step, applied)
     logs = {**model.update_metrics(outputs), "tau": tau}
     return give_multi_worker_logs_an_axis(logs, tf.distribute.get_strategy())
+
+
+def _single_image_check(model, view1):
+    """[an op that stops the step (InvalidArgumentError carrying
+    `batches.SINGLE_IMAGE_REFUSAL`, which `BYOL.fit` turns into a ValueError) on a batch of
+    fewer than 2 images] — for the step to depend on, so that no kernel sees such a batch.
+
+    A batch size known when the step is traced was checked then (`batches.check_batch_size`);
+    this is for datasets batched without drop_remainder, whose last batch may hold one
+    image: TensorFlow's oneDNN CPU kernels have crashed the process on such a batch (a
+    double free or a segfault) instead of reaching the check after the step. XLA drops
+    assertions (jit_compile=True): there the step's input counts still stop `fit`.
+    """
+    if view1.shape[0] is not None:
+        return []
+    images = tf.shape(view1)[0] * model._replicas_per_step()
+    return [tf.debugging.assert_greater_equal(images, 2, message=SINGLE_IMAGE_REFUSAL)]
 
 
 def _needs_merge_call():
