@@ -24,9 +24,12 @@ SINGLE_IMAGE_REFUSAL = f"BYOL batches {INPUT_PROBLEMS['input_single_image_batche
 
 
 def refused_before_the_step(error, step):
-    """A ValueError for an error raised by the in-step check of the batch size, or None."""
+    """A ValueError for an error raised by the in-step check of the batch size, or None.
+
+    `step`: a function giving the optimizer step (read only for that error)."""
     if SINGLE_IMAGE_REFUSAL not in str(error):
         return None
+    step = step()
     return ValueError(
         f"Bad input to BYOL at optimizer step {step}: a batch "
         f"{INPUT_PROBLEMS['input_single_image_batches']}. It was refused before the step: "

@@ -587,9 +587,10 @@ class BYOL(TrainerWorkarounds, keras.Model):
         return logs if return_dict else self._flatten_metrics_in_order(logs)
 
     def _raise_if_refused_before_the_step(self, error):
-        refused = refused_before_the_step(
-            error, int(ops.convert_to_numpy(self.optimizer.iterations))
-        )
+        def step():
+            return int(ops.convert_to_numpy(self.optimizer.iterations))
+
+        refused = refused_before_the_step(error, step)
         if refused is not None:
             raise refused from None
 

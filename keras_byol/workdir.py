@@ -182,8 +182,8 @@ def merge_evaluation(path, entries, step, encoder):
         _update_json(path, update)
     if moved:
         print(
-            f"{path}: {', '.join(sorted(moved))} measured an earlier encoder (the encoder is "
-            f"now at step {step}); moved under {EARLIER_STEPS!r}. Rerun python -m "
+            f"{path}: {', '.join(sorted(moved))} measured the encoder of another step (this "
+            f"one is at step {step}); moved under {EARLIER_STEPS!r}. Rerun python -m "
             "keras_byol.evaluate to measure this one.",
             flush=True,
         )

@@ -438,6 +438,8 @@ def test_damaged_models_and_checkpoints_are_refused_with_a_message(tmp_path):
     )
     for result in results[:3]:
         _refused(result, "is not a readable", "truncated or damaged")
+        assert "readable a " not in result[2]
+    _refused(results[0], "is not a readable .keras model file (not a zip archive)")
     _refused(results[3], "cannot be read", "restore it from a backup")
     assert _files(workdir) == files
 
@@ -625,7 +627,7 @@ def test_eval_json_says_which_step_each_entry_measured(smoke_run):
     flags = ["--flagfile=configs/smoke.cfg", f"--workdir={workdir}"]
     code, stdout, stderr = _run("train", *flags, "--epochs=3", "--noevaluate")  # step 9
     assert code == 0, stderr[-3000:]
-    assert "measured an earlier encoder (the encoder is now at step 9)" in stdout
+    assert "measured the encoder of another step (this one is at step 9)" in stdout
     extended = json.loads((workdir / "eval.json").read_text())
     assert set(extended) == {"earlier_steps"}  # nothing at the top measures step 9
     assert extended["earlier_steps"]["6"]["knn"] == report["knn"]
