@@ -23,6 +23,14 @@ def applied_steps(model):
     return int(iterations.numpy() if hasattr(iterations, "numpy") else np.asarray(iterations))
 
 
+def trained_steps(model):
+    """Applied optimizer steps of a BYOL model that has an optimizer (as saved by the job),
+    or None for an encoder or a model never compiled."""
+    if getattr(model, "encoder", model) is model or getattr(model, "optimizer", None) is None:
+        return None
+    return applied_steps(model)
+
+
 def _applied_per_fit(model, batches):
     """Optimizer steps applied over `batches` train steps (batches ÷ N under accumulation)."""
     return int(batches) // accumulation_steps(model.optimizer)

@@ -93,11 +93,10 @@ def load_encoder(path):
                 "checkpoint."
             )
         model = _loaded(path, keras.models.load_model, ".keras model file")
+        from keras_byol.callbacks import trained_steps
+
         encoder = getattr(model, "encoder", model)
-        optimizer = getattr(model, "optimizer", None) if encoder is not model else None
-        encoder.byol_step = (
-            None if optimizer is None else int(keras.ops.convert_to_numpy(optimizer.iterations))
-        )
+        encoder.byol_step = trained_steps(model)
         return encoder
     if not os.path.isfile(os.path.join(path, "saved_model.pb")):
         raise ValueError(

@@ -7,6 +7,7 @@ import keras
 import tensorflow as tf
 
 from keras_byol.batches import MAX_PIXEL_VALUE
+from keras_byol.callbacks import trained_steps
 
 # Written beside the SavedModel's own files: which optimizer step the encoder holds.
 EXPORT_INFO = "keras_byol.json"
@@ -41,8 +42,7 @@ def export_encoder(model, path, step=None):
         step: the optimizer step the weights come from, when `model` is an encoder copy.
     """
     encoder = getattr(model, "encoder", model)
-    if step is None and getattr(model, "optimizer", None) is not None and encoder is not model:
-        step = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+    step = trained_steps(model) if step is None else step
     height, width, channels = tuple(encoder.inputs[0].shape[1:])
     features = int(encoder.outputs[0].shape[-1])
     float_images = tf.TensorSpec((None, height, width, channels), tf.float32, name="images")
