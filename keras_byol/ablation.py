@@ -28,6 +28,7 @@ import numpy as np
 from absl import app, flags
 from absl import logging as absl_logging
 
+from keras_byol import plots
 from keras_byol.config import PretrainConfig
 
 
@@ -170,7 +171,6 @@ def run(workdir, base=None, seeds=(0,), variants=VARIANTS):
         json.dump(report, f, indent=2)
     with open(os.path.join(workdir, "ablation.md"), "w") as f:
         f.write(table)
-    from keras_byol import plots
 
     figure = plots.normalization_ablation(summary)
     figure.savefig(os.path.join(workdir, "ablation.png"), dpi=120, bbox_inches="tight")
@@ -200,7 +200,7 @@ def _define_flags():
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    from keras_byol import train
+    from keras_byol import train  # its flags, defined by _define_flags
 
     by_name = {v.name: v for v in VARIANTS}
     unknown = sorted(set(FLAGS.variants) - set(by_name))

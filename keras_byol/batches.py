@@ -142,6 +142,13 @@ def input_problem_flags(view1, view2, replicas=1):
     return {name: ops.cast(flag, "float32") for name, flag in zip(INPUT_PROBLEMS, flags)}
 
 
+def replicas_per_step(model):
+    """Replicas that each see a slice of the step's batch (1 off TensorFlow: a JAX step
+    sees the global batch)."""
+    strategy = getattr(model, "distribute_strategy", None)
+    return 1 if strategy is None else strategy.num_replicas_in_sync
+
+
 def check_batch_size(view, replicas=1):
     """Raises at trace time when the batch size is known and below 2."""
     if view.shape[0] is not None and view.shape[0] * replicas < 2:

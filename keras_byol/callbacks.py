@@ -8,9 +8,11 @@ import warnings
 import keras
 import numpy as np
 
-from keras_byol.batches import INPUT_PROBLEMS
-from keras_byol.model import accumulation_steps, batch_counter, optimizer_of
-from keras_byol.schedules import CosineTargetDecay
+from keras_byol import backends
+from keras_byol.batches import INPUT_PROBLEMS, refused_before_the_step
+from keras_byol.optimizers import accumulation_steps, batch_counter, optimizer_of
+from keras_byol.schedules import AppliedSteps, CosineTargetDecay
+from keras_byol.workarounds import bind_fit_arguments, learning_rate_schedule, metrics_in_order
 from keras_byol.workdir import write_atomically
 
 logger = logging.getLogger("keras_byol")
@@ -94,7 +96,7 @@ class LearningRateCheck(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         optimizer = optimizer_of(self.model.optimizer)
-        rate = getattr(optimizer, "_learning_rate", None)
+        rate = learning_rate_schedule(optimizer)
         steps, epochs = self.params.get("steps"), self.params.get("epochs")
         if rate is None or not steps or not epochs:
             return
@@ -302,3 +304,75 @@ class EpochLog(keras.callbacks.Callback):
             line += f" probe_accuracy {probe:.4f}"
         logger.info(line)
         print(line, flush=True)
+
+
+class CheckedFit:
+    """Mixed into `BYOL` (before `keras.Model`): `fit` and `train_on_batch` with BYOL's
+    callbacks and checks.
+
+    `fit` plans the τ schedule (`TargetDecayPlan`), checks the input (`InputCheck`: NaN/inf,
+    [0, 255] floats, one-image batches stop `fit` with a ValueError) and warns when the
+    learning rate is 0 for the whole call (`LearningRateCheck`); `train_on_batch` checks the
+    input after each batch. Both refuse a model compiled without an optimizer or with a
+    loss, and gradient accumulation that the backend's step cannot honour.
+    """
+
+    def _check_compiled_for_byol(self):
+        # compile() itself is not overridden: Keras then skips compile_from_config on
+        # load and the optimizer state (and with it the τ position) would be lost.
+        if getattr(self, "optimizer", None) is None:
+            raise ValueError("Call model.compile(optimizer=...) before fit.")
+        every = accumulation_steps(self.optimizer)
+        if every > 1:
+            backends.current().check_accumulation(self)
+        rate = learning_rate_schedule(optimizer_of(self.optimizer))
+        if every > 1 and isinstance(rate, keras.optimizers.schedules.LearningRateSchedule):
+            counted = rate.accumulation_steps if isinstance(rate, AppliedSteps) else 1
+            if counted != every:
+                warnings.warn(
+                    f"The optimizer accumulates gradients over {every} batches and its "
+                    f"learning-rate schedule {type(rate).__name__} counts a step every "
+                    f"{counted} batch(es) (Keras calls it with the batch count), so it runs "
+                    f"{every / counted:g}× as fast as the applied steps that τ counts. Wrap "
+                    f"the schedule: keras_byol.schedules.AppliedSteps(schedule, {every}).",
+                    stacklevel=3,
+                )
+        if getattr(self, "loss", None) is not None:
+            raise ValueError("BYOL computes its own loss; do not pass loss= to compile.")
+
+    def fit(self, *args, **kwargs):
+        self._check_compiled_for_byol()
+        arguments = bind_fit_arguments(args, kwargs)
+        callbacks = list(arguments.get("callbacks") or [])
+        if not any(isinstance(callback, TargetDecayPlan) for callback in callbacks):
+            callbacks.append(TargetDecayPlan())
+        arguments["callbacks"] = [InputCheck(), LearningRateCheck()] + callbacks
+        try:
+            return super().fit(**arguments)
+        except Exception as error:
+            # A step that failed while tracing (a batch check) may have created variables:
+            # the next fit traces a new function instead of reusing this one.
+            self.train_function = None
+            self._raise_if_refused_before_the_step(error)
+            raise
+
+    def train_on_batch(self, x, y=None, sample_weight=None, class_weight=None, return_dict=False):
+        self._check_compiled_for_byol()
+        try:
+            logs = super().train_on_batch(x, y, sample_weight, class_weight, return_dict=True)
+        except Exception as error:
+            self.train_function = None  # as in `fit`
+            self._raise_if_refused_before_the_step(error)
+            raise
+        step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+        raise_on_input_problems(logs, step)
+        self.warn_if_target_frozen(step)
+        return logs if return_dict else metrics_in_order(self, logs)
+
+    def _raise_if_refused_before_the_step(self, error):
+        def step():
+            return int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+
+        refused = refused_before_the_step(error, step)
+        if refused is not None:
+            raise refused from None

@@ -10,7 +10,7 @@ import json
 
 from keras_byol.distribute import STRATEGIES
 from keras_byol.encoders import ENCODER_NORMS
-from keras_byol.heads import HEAD_INITS, HEAD_NORMS
+from keras_byol.heads import DEFAULT_HEAD_INIT, HEAD_INITS, HEAD_NORMS
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
@@ -74,11 +74,11 @@ class PretrainConfig:
         choices=HEAD_NORMS,
     )
     head_init: str = _field(
-        "pytorch",
+        DEFAULT_HEAD_INIT,
         "The projector's and predictor's Dense initialization: pytorch (kernel and bias "
         "uniform in ±1/√fan_in, as torch.nn.Linear; the best measured on small images), haiku "
         "(the official code's, std 0.88/√fan_in; the ImageNet presets) or truncated_normal "
-        "(std 1/√fan_in, keras_byol.BYOL's default).",
+        "(std 1/√fan_in).",
         choices=HEAD_INITS,
     )
     projection_dim: int = _field(64, "Output width of projector and predictor (paper 256).")

@@ -14,6 +14,9 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from keras_byol import pretrained
+from keras_byol.workdir import write_atomically
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("official", None, "The official checkpoint file (e.g. pretrain_res50x1.pkl).")
 flags.DEFINE_string("output", None, "Folder for byol.keras and encoder/ (created).")
@@ -25,8 +28,7 @@ flags.DEFINE_integer(
 def convert(official, output, image_size=224):
     """Writes OUTPUT/byol.keras and OUTPUT/encoder from an official checkpoint; returns
     the loaded `keras_byol.BYOL` and the paths written."""
-    from keras_byol import export, pretrained
-    from keras_byol.workdir import write_atomically
+    from keras_byol import export  # TensorFlow loads here
 
     model = pretrained.load_official(official, image_size=image_size)
     os.makedirs(output, exist_ok=True)
@@ -43,11 +45,9 @@ def main(argv):
     absl_logging.set_verbosity(absl_logging.WARNING)
     if not FLAGS.official or not FLAGS.output:
         raise app.UsageError("--official=FILE and --output=DIR are required.")
-    from keras_byol.pretrained import OfficialCheckpointError
-
     try:
         model, model_path, encoder_path = convert(FLAGS.official, FLAGS.output, FLAGS.image_size)
-    except OfficialCheckpointError as error:
+    except pretrained.OfficialCheckpointError as error:
         print(f"keras_byol.convert: {error}", file=sys.stderr)
         sys.exit(1)
     width = model.encoder.outputs[0].shape[-1] // 2048

@@ -18,6 +18,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
+from keras_byol import evaluation
 from keras_byol.workdir import merge_evaluation
 
 FLAGS = flags.FLAGS
@@ -65,7 +66,7 @@ flags.DEFINE_string(
 
 def _sources(dataset, test_dataset, image_size):
     """(train source, test source, train split, test split) for the evaluation."""
-    from keras_byol import experiment
+    from keras_byol import experiment  # TensorFlow loads here
 
     if dataset == experiment.BUNDLED_MNIST:
         train, test = experiment.bundled_mnist(image_size)
@@ -87,8 +88,6 @@ def _default_workdir(encoder_path):
 
 def run(args):
     """Evaluates as `args` (the parsed flags) say; returns the results dict."""
-    from keras_byol import evaluation
-
     if not args.encoder:
         raise ValueError("--encoder is required: WORKDIR/encoder or WORKDIR/byol.keras.")
     encoder = evaluation.load_encoder(args.encoder)

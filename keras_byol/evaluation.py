@@ -17,6 +17,8 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_byol.callbacks import trained_steps
+
 # Similarities computed at once by the k-NN protocols (a (rows, bank) float32 block and its
 # argpartition): 16M values, ≈ 64 MB, so the bank size sets the rows per chunk.
 SIMILARITY_CHUNK = 2**24
@@ -93,8 +95,6 @@ def load_encoder(path):
                 "checkpoint."
             )
         model = _loaded(path, keras.models.load_model, ".keras model file")
-        from keras_byol.callbacks import trained_steps
-
         encoder = getattr(model, "encoder", model)
         encoder.byol_step = trained_steps(model)
         return encoder
@@ -105,7 +105,7 @@ def load_encoder(path):
         )
     import tensorflow as tf
 
-    from keras_byol.export import exported_step
+    from keras_byol.export import exported_step  # TensorFlow: optional on JAX
 
     signatures = _loaded(path, tf.saved_model.load, "SavedModel").signatures
     if "serve" not in signatures:
@@ -415,7 +415,7 @@ def _fit_and_score(model, train, test, *, epochs, steps_per_epoch, batch_size, l
 
 def _listed(train_source, test_source):
     """The sources with folders listed once (a test folder with the training classes)."""
-    from keras_byol import data
+    from keras_byol import data  # TensorFlow: optional on JAX
 
     class_names = None
     if data.is_folder(train_source):
@@ -428,7 +428,7 @@ def _listed(train_source, test_source):
 
 def _eval_batches(source, image_size, split, batch_size=256, subset=None):
     """`data.eval_dataset` batches with ids, only the examples in `subset` (ids) when given."""
-    from keras_byol import data
+    from keras_byol import data  # TensorFlow: optional on JAX
 
     batches = data.eval_dataset(
         source, batch_size=batch_size, image_size=image_size, split=split, ids=True
@@ -450,7 +450,7 @@ def _subset(ids, labels, label_fraction):
 
 def _setup(train_source, test_source, label_fraction, train_split):
     """What every classifier protocol needs: folders listed once, labels checked, the subset."""
-    from keras_byol import data
+    from keras_byol import data  # TensorFlow: optional on JAX
 
     train_source, test_source = _listed(train_source, test_source)
     ids, labels = data.labelled_ids(train_source, train_split)
@@ -467,7 +467,7 @@ def _setup(train_source, test_source, label_fraction, train_split):
 
 def _test_batches(setup, image_size, split, batch_size):
     """(images, labels) batches of the test source (streamed; labels checked first)."""
-    from keras_byol import data
+    from keras_byol import data  # TensorFlow: optional on JAX
 
     if data.num_classes(setup["test"]) is None:
         raise ValueError(NO_LABELS)
@@ -477,7 +477,7 @@ def _test_batches(setup, image_size, split, batch_size):
 
 def _augmented_train(setup, *, batch_size, image_size, seed, split):
     """Random resized crop + flip batches of the (subset of the) training examples."""
-    from keras_byol import data
+    from keras_byol import data  # TensorFlow: optional on JAX
 
     return data.labelled_train_dataset(
         setup["train"], batch_size=batch_size, image_size=image_size, split=split, seed=seed,

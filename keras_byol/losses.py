@@ -49,3 +49,11 @@ def byol_loss(p1, p2, z1, z2):
     z2 = ops.stop_gradient(z2)
     # Each online view predicts the target projection of the *other* view.
     return ops.mean(regression_loss(p1, z2) + regression_loss(p2, z1))
+
+
+def projection_std(projection):
+    """The collapse statistic: the std over the batch of the L2-normalized (B, d)
+    projections, averaged over d. About 1/√d when healthy, → 0 when collapsed."""
+    projection = ops.cast(projection, "float32")
+    normalized = projection / ops.maximum(ops.norm(projection, axis=-1, keepdims=True), 1e-12)
+    return ops.mean(ops.std(normalized, axis=0))

@@ -12,6 +12,8 @@ import contextvars
 import keras
 from keras import ops
 
+from keras_byol.workarounds import nested_layers
+
 # Number of equal parts of the batch that get their own statistics; 1 = the whole batch.
 # A ContextVar, not a global: MirroredStrategy runs each replica's step in its own thread.
 _VIEWS_IN_BATCH = contextvars.ContextVar("keras_byol_views_in_batch", default=1)
@@ -174,7 +176,7 @@ def _batchnorm_layers(networks):
     return [
         layer
         for network in networks
-        for layer in network._flatten_layers(include_self=True)
+        for layer in nested_layers(network)
         if isinstance(layer, keras.layers.BatchNormalization)
     ]
 
@@ -201,3 +203,18 @@ def layers_reading_batch_statistics(*networks):
     as in BYOL without batch statistics (arXiv 2010.10241).
     """
     return [layer.path for layer in _batchnorm_layers(networks)]
+
+
+def synchronize_batchnorms(network, synchronized):
+    """Sets `synchronized` on every BatchNormalization layer of `network` (TensorFlow only).
+
+    Under a `tf.distribute` strategy with several replicas, synchronized layers normalize
+    with the statistics of the global batch, as the recipe does; on one device
+    `FusedBatchNormalization` then still runs its fused kernel. Other backends compute
+    statistics over the whole (sharded) batch anyway, and Keras refuses the flag there.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return
+    for layer in nested_layers(network):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = bool(synchronized)

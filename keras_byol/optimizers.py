@@ -3,8 +3,26 @@
 import keras
 from keras import ops
 
+from keras_byol.workarounds import batch_count_variable, variable_index
+
 # The BYOL online probe's layer (`BYOL(num_classes=...)`): a monitor, not the representation.
 PROBE_LAYER = "online_probe"
+
+
+def optimizer_of(optimizer):
+    """The optimizer that steps (a `LossScaleOptimizer`'s inner one)."""
+    return getattr(optimizer, "inner_optimizer", optimizer)
+
+
+def batch_counter(optimizer):
+    """The variable counting the batches the optimizer was given (Keras' `iterations` is
+    this count ÷ N under gradient accumulation)."""
+    return batch_count_variable(optimizer_of(optimizer))
+
+
+def accumulation_steps(optimizer):
+    """N of an optimizer built with `gradient_accumulation_steps=N`, else 1."""
+    return int(getattr(optimizer_of(optimizer), "gradient_accumulation_steps", None) or 1)
 
 
 def excluded_by_default(variable):
@@ -84,7 +102,7 @@ class LARS(keras.optimizers.Optimizer):
         self._adapted = [not self.is_excluded(v) for v in variables]
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
+        index = variable_index(self, variable)
         learning_rate = ops.cast(learning_rate, variable.dtype)
         update = ops.cast(gradient, variable.dtype)
         if self._adapted[index]:

@@ -36,6 +36,7 @@ import re
 import numpy as np
 
 from keras_byol import encoders
+from keras_byol.model import BYOL
 
 # Leaf → Keras variable attribute. BatchNorm state: `…/~/mean_ema` and `…/~/var_ema` hold
 # `average` (what Haiku normalizes with at inference), `hidden` and `counter`.
@@ -432,8 +433,6 @@ def load_official(path, *, include_heads=True, network="online", image_size=224)
             f"{path}: the online network has no projector/predictor; load the encoder alone "
             "with include_heads=False."
         )
-    from keras_byol.model import BYOL
-
     model = BYOL(
         encoder,
         projection_dim=architecture["projection_dim"],

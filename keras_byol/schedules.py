@@ -1,6 +1,7 @@
 """BYOL schedules: cosine target decay τ, warm-up + cosine learning rate, batch/256 scaling."""
 
 import math
+import warnings
 
 import keras
 from keras import ops
@@ -76,6 +77,86 @@ class CosineTargetDecay:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+class PlannedTargetDecay:
+    """The τ schedule a `BYOL` model follows: a `CosineTargetDecay` mirrored in the model's
+    two variables `base_tau` and `tau_total_steps`, which the compiled step reads (so a
+    re-planned K needs no retrace) and checkpoints save; K = 0 means not planned yet.
+
+    Args:
+        base_tau: the model's float32 scalar variable for τ_base.
+        total_steps: the model's int32 scalar variable for K.
+    """
+
+    def __init__(self, base_tau, total_steps):
+        self.base_tau = base_tau
+        self.total_steps = total_steps
+        self.schedule = None
+        self._warned_frozen = False
+
+    @classmethod
+    def add_to(cls, model):
+        """The state of τ with its two variables added to `model` (not trainable)."""
+        base_tau = model.add_weight(
+            shape=(), initializer="ones", trainable=False, name="base_tau", dtype="float32"
+        )
+        total_steps = model.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="tau_total_steps", dtype="int32"
+        )
+        return cls(base_tau, total_steps)
+
+    def set(self, schedule):
+        """Follows `schedule` from the next step: τ_k is evaluated on the applied-step
+        counter k, so changing K mid-run continues the cosine of the new K from there."""
+        if not isinstance(schedule, CosineTargetDecay):
+            raise TypeError(
+                "target_decay must be a keras_byol.schedules.CosineTargetDecay; got "
+                f"{type(schedule).__name__}."
+            )
+        self.schedule = CosineTargetDecay(**schedule.get_config())
+        self.base_tau.assign(self.schedule.base_tau)
+        self.total_steps.assign(self.schedule.total_steps or 0)
+        self._warned_frozen = False
+
+    def read_variables(self):
+        """Takes the schedule from the variables (after a checkpoint was loaded into them:
+        a file written before the schedule was in the model's config still gives the
+        schedule it trained with)."""
+        total = int(ops.convert_to_numpy(self.total_steps))
+        if total != (self.schedule.total_steps or 0):
+            base = round(float(ops.convert_to_numpy(self.base_tau)), 6)  # a float32 variable
+            self.schedule = CosineTargetDecay(base, total or None)
+
+    def check_planned(self):
+        """Raises unless K is set."""
+        if self.schedule.total_steps is None:
+            raise ValueError(
+                "The τ schedule has no total_steps, so the target update is undefined. "
+                "Build BYOL(..., target_decay=keras_byol.schedules.CosineTargetDecay(base_tau, "
+                "total_steps=K)) with K the optimizer steps of the whole run, or call "
+                "model.set_target_decay(...); model.fit sets it from its epochs when unset."
+            )
+
+    def tau(self, step):
+        """τ for the update after applied optimizer step `step` (0-based), from the
+        variables (inside the compiled step)."""
+        return target_decay(step, self.base_tau, ops.maximum(self.total_steps, 1))
+
+    def warn_if_frozen(self, last_step):
+        """Warns once when training reaches `last_step` past the step where τ becomes 1."""
+        total = self.schedule.total_steps
+        if total is None or last_step <= total or self._warned_frozen:
+            return
+        self._warned_frozen = True
+        warnings.warn(
+            f"The target network stops moving: τ reaches 1 at step {total} "
+            f"({self.schedule}), and training goes on to step {last_step}. Plan the "
+            "whole run: BYOL(target_decay=keras_byol.schedules.CosineTargetDecay("
+            f"{self.schedule.base_tau}, total_steps={last_step})) or "
+            "model.set_target_decay(...).",
+            stacklevel=4,
+        )
 
 
 def scale_learning_rate(base_learning_rate, batch_size):

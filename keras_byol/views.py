@@ -31,10 +31,12 @@ import warnings
 
 import keras
 import numpy as np
-from keras.src.layers.preprocessing.image_preprocessing.base_image_preprocessing_layer import (
+
+from keras_byol.workarounds import (
     BaseImagePreprocessingLayer,
+    in_tf_graph,
+    layer_seed_generator,
 )
-from keras.src.utils import backend_utils
 
 _JITTER_PARAMS = ("brightness", "contrast", "saturation", "hue")
 _BRIGHTNESS_MODES = ("additive", "multiplicative")
@@ -158,7 +160,7 @@ class _ViewLayer(BaseImagePreprocessingLayer):
             # compiled train step too, not only tf.data): uint8 0–255 would arrive as float
             # 0–255. On the TF backend its switch to TF ops is not needed: skip it.
             return keras.layers.Layer.__call__(self, inputs, **kwargs)
-        if backend_utils.in_tf_graph() and keras.backend.standardize_dtype(inputs.dtype) == "uint8":
+        if in_tf_graph() and keras.backend.standardize_dtype(inputs.dtype) == "uint8":
             raise TypeError(
                 f"{self.name} in tf.data on the {keras.backend.backend()} backend: Keras casts "
                 "uint8 images to float without scaling there; pass float images in [0, 1] "
@@ -167,7 +169,7 @@ class _ViewLayer(BaseImagePreprocessingLayer):
         return super().__call__(inputs, **kwargs)
 
     def _uniform(self, shape, seed=None):
-        seed = self._get_seed_generator(self.backend._backend) if seed is None else seed
+        seed = layer_seed_generator(self) if seed is None else seed
 
         def draw(n):
             return self.backend.random.uniform((n, *shape[1:]), seed=seed)

@@ -393,7 +393,7 @@ def test_the_job_exempts_the_probe_from_weight_decay(optimizer):
 
 def test_probe_features_are_standardized_per_example():
     features = np.random.default_rng(0).normal(3.0, 5.0, (4, 16)).astype("float32")
-    standardized = np.asarray(keras_byol.model.standardize_features(features))
+    standardized = np.asarray(keras_byol.probe.standardize_features(features))
     expected = (features - features.mean(1, keepdims=True)) / features.std(1, keepdims=True)
     np.testing.assert_allclose(standardized, expected, rtol=1e-4, atol=1e-5)
 

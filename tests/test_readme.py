@@ -26,6 +26,24 @@ def test_readme_has_a_short_model_fit_example():
     assert len(example.strip().splitlines()) <= 20
 
 
+def test_readme_is_a_short_guide_whose_links_reach_every_docs_page():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 300
+    linked = set(re.findall(r"\]\((docs/[^)#]+)", readme))
+    for link in linked:
+        assert (ROOT / link).is_file(), link
+    pages = {f"docs/{page.name}" for page in (ROOT / "docs").glob("*.md")}
+    assert pages and pages <= linked, pages - linked
+
+
+def test_every_docs_figure_names_its_command():
+    """A page with measurements shows at least one command that produced them."""
+    for page in (ROOT / "docs").glob("*.md"):
+        text = page.read_text()
+        if re.search(r"\b20\d\d-\d\d-\d\d\b", text):  # a dated measurement
+            assert "python " in text or "bash " in text, page.name
+
+
 @pytest.mark.slow
 def test_readme_example_runs_as_written(tmp_path):
     script = tmp_path / "example.py"

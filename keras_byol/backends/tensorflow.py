@@ -2,9 +2,13 @@
 
 import tensorflow as tf
 
-from keras_byol.batches import SINGLE_IMAGE_REFUSAL
-from keras_byol.model import accumulation_steps, optimizer_of
-from keras_byol.workarounds import give_multi_worker_logs_an_axis
+from keras_byol.batches import SINGLE_IMAGE_REFUSAL, replicas_per_step
+from keras_byol.optimizers import accumulation_steps, optimizer_of
+from keras_byol.workarounds import (
+    accumulation_branches,
+    batch_count_variable,
+    give_multi_worker_logs_an_axis,
+)
 
 
 def train_step(model, data):
@@ -57,7 +61,7 @@ def _single_image_check(model, view1):
     """
     if view1.shape[0] is not None:
         return []
-    images = tf.shape(view1)[0] * model._replicas_per_step()
+    images = tf.shape(view1)[0] * replicas_per_step(model)
     return [tf.debugging.assert_greater_equal(images, 2, message=SINGLE_IMAGE_REFUSAL)]
 
 
@@ -86,27 +90,17 @@ def _accumulate_or_apply(optimizer, gradients, variables):
     every = optimizer.gradient_accumulation_steps
     pairs = [(g, v) for g, v in zip(gradients, variables) if g is not None]
     gradients, variables = [g for g, _ in pairs], [v for _, v in pairs]
-    accumulators = [
-        optimizer._accumulated_gradients[optimizer._get_variable_index(v)] for v in variables
-    ]
-
-    def apply(gradients):
-        mean = [(g + a) / every for g, a in zip(gradients, accumulators)]
-        optimizer._apply_weight_decay(variables)
-        optimizer._backend_update_step(mean, variables, optimizer.learning_rate)
-        optimizer._backend_reset_gradient_accumulators()
-
-    def accumulate(gradients):
-        optimizer._backend_increment_gradient_accumulators(gradients, accumulators)
+    apply, accumulate = accumulation_branches(optimizer, variables, every)
+    counter = batch_count_variable(optimizer)
 
     def in_cross_replica_context(strategy, gradients):
-        applies = tf.equal((optimizer._iterations + 1) % every, 0)
+        applies = tf.equal((counter + 1) % every, 0)
         tf.cond(
             applies,
             lambda: strategy.extended.call_for_each_replica(apply, args=(gradients,)),
             lambda: strategy.extended.call_for_each_replica(accumulate, args=(gradients,)),
         )
-        optimizer._iterations.assign_add(1)
+        counter.assign_add(1)
 
     tf.distribute.get_replica_context().merge_call(in_cross_replica_context, args=(gradients,))
 
