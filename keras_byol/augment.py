@@ -10,24 +10,39 @@ can be tested on its own. Everything here is TensorFlow, one image at a time, fo
 `data.pretrain_dataset(..., augment_on="cpu")`. Speed: one RNG draw per view; from
 `COMPILED_MIN_SIZE` px up, tf.data runs the jitter ops XLA-compiled.
 
-The same views inside the model, on any backend, are `keras_byol.views` (Keras layers;
-`TwoViewAugmenter`, `ViewConfig` and the presets live there and are re-exported here).
+The same views inside the model, on any backend, are `keras_byol.views` (Keras layers,
+`views.TwoViewAugmenter`; `ViewConfig` and the presets live there and are re-exported here).
 """
 
 import math
+import warnings
 
 import tensorflow as tf
 
-from keras_byol.views import (  # noqa: F401 (ViewConfig, the presets and the layer live there)
+from keras_byol import views
+from keras_byol.views import (  # noqa: F401 (ViewConfig and the presets live there)
     BYOL_VIEW1,
     BYOL_VIEW2,
     LINEAR_EVAL_VIEW,
     SMALL_IMAGE_VIEW1,
     SMALL_IMAGE_VIEW2,
-    TwoViewAugmenter,
     ViewConfig,
     blur_radius,
 )
+
+
+def __getattr__(name):
+    if name == "TwoViewAugmenter":  # the Keras-layer augmenter, which runs inside the step
+        warnings.warn(
+            "keras_byol.augment.TwoViewAugmenter is keras_byol.views.TwoViewAugmenter: the "
+            "views made inside the train step (Keras layers); augment makes them in tf.data. "
+            "Import it from keras_byol.views.",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return views.TwoViewAugmenter
+    raise AttributeError(f"module 'keras_byol.augment' has no attribute {name!r}")
+
 
 _LUMA = (0.2989, 0.5870, 0.1140)
 _JITTER_PARAMS = ("brightness", "contrast", "saturation", "hue")  # jitter_op indices 0-3

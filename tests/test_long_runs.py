@@ -121,6 +121,7 @@ def test_first_fit_plans_an_unset_schedule_once_and_a_frozen_target_warns(capsys
     assert model.target_decay == CosineTargetDecay(0.996, 2)
 
 
+@pytest.mark.slow
 def test_a_reloaded_model_keeps_its_schedule(tmp_path):
     model = _model(target_decay=CosineTargetDecay(0.9, total_steps=12))
     model.fit(_views(8), batch_size=BATCH, epochs=1, verbose=0)

@@ -67,6 +67,7 @@ def test_an_encoder_without_normalization_has_biases_and_no_norm_layer():
 COVERING = [v for v in VARIANTS if v.name in ("bn_everywhere", "no_norm", "gn_ws")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", COVERING, ids=[v.name for v in COVERING])
 def test_each_normalization_trains_and_round_trips(variant, tmp_path):
     keras.utils.set_random_seed(0)

@@ -18,7 +18,7 @@ import sys
 assert "keras_byol.backends.tensorflow" not in sys.modules  # loaded by the first train step
 assert "keras_byol.data" not in sys.modules and "keras_byol.export" not in sys.modules
 assert "keras_byol.plots" not in sys.modules
-assert keras_byol.augment.TwoViewAugmenter and keras_byol.data.pretrain_dataset  # lazy, on use
+assert keras_byol.augment.two_views and keras_byol.data.pretrain_dataset  # lazy, on use
 assert keras_byol.distribute.make_strategy and keras_byol.plots.plot_history
 for name in ("BYOL", "losses", "schedules", "optimizers", "encoders", "heads", "callbacks",
              "monitors", "evaluation"):

@@ -85,6 +85,7 @@ def assert_byol_gives_haiku_outputs(model, official):
     return differences
 
 
+@pytest.mark.slow
 def test_official_resnet50_and_heads_give_the_haiku_outputs(official):
     model = load_official(official.path, image_size=SIZE)
     assert isinstance(model, keras_byol.BYOL)

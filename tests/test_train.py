@@ -100,6 +100,7 @@ def test_presets_initialize_the_heads_as_measured():
     assert config_module.PretrainConfig().head_init == "pytorch"  # the job with no flags
 
 
+@pytest.mark.slow
 def test_the_batch_free_preset_reads_no_batch_statistics():
     """configs/imagenet_resnet50_groupnorm_ws.cfg as the job builds it (at 32 px, ⅛ width):
     no layer of the online or target networks reads the batch, and in training mode each
