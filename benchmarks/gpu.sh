@@ -7,7 +7,7 @@
 # then batch 512 for the memory scaling. Four compilations of about a minute each; meant to
 # finish in under 6 minutes on an H200.
 #
-# Not yet run on a GPU (no device was lent to the sessions that wrote it). A CPU smoke run
+# Not yet run on a GPU (none was available where it was written). A CPU smoke run
 # of the whole script (tiny model, so it ends in about a minute):
 #   JAX_STEP_ARGS="--arch resnet18 --size 32 --batch 4 --dtype float32 --small-images
 #   --warmup 1 --steps 1" PATH=/path/to/venv/bin:$PATH bash benchmarks/gpu.sh /tmp/gpu

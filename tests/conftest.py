@@ -68,7 +68,7 @@ def _finished_smoke_run(tmp_path_factory):
 def smoke_run(_finished_smoke_run, tmp_path):
     """(workdir, stdout): a copy, in tmp_path/"run", of one finished `python -m
     keras_byol.train --flagfile=configs/smoke.cfg` (6 steps, checkpoint, export, evaluation)
-    trained once per session; the stdout is that run's."""
+    trained once per pytest process; the stdout is that run's."""
     source, stdout = _finished_smoke_run
     workdir = tmp_path / "run"
     shutil.copytree(source, workdir)
