@@ -364,15 +364,15 @@ class CheckedFit:
             self.train_function = None  # as in `fit`
             self._raise_if_refused_before_the_step(error)
             raise
-        step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+        step = self._optimizer_step()
         raise_on_input_problems(logs, step)
         self.warn_if_target_frozen(step)
         return logs if return_dict else metrics_in_order(self, logs)
 
-    def _raise_if_refused_before_the_step(self, error):
-        def step():
-            return int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+    def _optimizer_step(self):
+        return int(keras.ops.convert_to_numpy(self.optimizer.iterations))
 
-        refused = refused_before_the_step(error, step)
+    def _raise_if_refused_before_the_step(self, error):
+        refused = refused_before_the_step(error, self._optimizer_step)
         if refused is not None:
             raise refused from None

@@ -215,6 +215,5 @@ def synchronize_batchnorms(network, synchronized):
     """
     if keras.backend.backend() != "tensorflow":
         return
-    for layer in nested_layers(network):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            layer.synchronized = bool(synchronized)
+    for layer in _batchnorm_layers([network]):
+        layer.synchronized = bool(synchronized)

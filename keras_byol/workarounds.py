@@ -2,10 +2,10 @@
 
 Each piece names the upstream issue or the private detail, and the versions it was checked
 with (`KERAS_CHECKED`); delete it here when Keras fixes the bug or makes the detail public.
-No other module reaches into `keras.src` or a private Keras attribute (tests/test_package.py
-checks both, and `tests/test_workarounds.py` fails loudly when a newer Keras changes one of
-the details below). `BYOL` inherits `TrainerWorkarounds`, so `model.py` reads like the
-paper. setup.cfg pins `keras<3.16`: the next Keras must be tested against this module.
+No other module reaches into `keras.src` or a private Keras attribute, and a newer Keras
+that changes one of the details below fails loudly: `tests/test_workarounds.py` checks
+both. `BYOL` inherits `TrainerWorkarounds`, so `model.py` reads like the paper.
+setup.cfg pins `keras<3.16`: the next Keras must be tested against this module.
 """
 
 import inspect
@@ -87,7 +87,7 @@ def accumulation_branches(optimizer, variables, every):
     gradients, divides by `every`, decays the weights, updates them and resets the
     accumulators; accumulate adds the gradients to the accumulators."""
     accumulators = [
-        optimizer._accumulated_gradients[optimizer._get_variable_index(v)] for v in variables
+        optimizer._accumulated_gradients[variable_index(optimizer, v)] for v in variables
     ]
 
     def apply(gradients):

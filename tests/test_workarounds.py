@@ -46,6 +46,11 @@ def test_the_private_model_and_layer_attributes_exist():
     assert not missing, missing
     assert hasattr(layer_class, "get_random_transformation")
     assert hasattr(layer_class, "transform_images")
+    # layer_seed_generator also reads the layer's backend by its private `_backend`.
+    from keras_byol import views
+
+    solarize = views.Solarize(0.5, seed=3)
+    assert isinstance(workarounds.layer_seed_generator(solarize), keras.random.SeedGenerator)
 
 
 def test_no_other_module_reaches_into_private_keras():
