@@ -20,6 +20,21 @@ import warnings
 import tensorflow as tf
 
 from keras_byol import views
+from keras_byol.view_kernels import (  # noqa: F401 (the ops' kernels, public here too)
+    COMPILED_MIN_SIZE,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_jitter,
+    flip,
+    gaussian_blur,
+    jitter_op,
+    jitter_order,
+    scale_brightness,
+    solarize,
+    to_grayscale,
+)
 from keras_byol.views import (  # noqa: F401 (ViewConfig and the presets live there)
     BYOL_VIEW1,
     BYOL_VIEW2,
@@ -44,11 +59,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'keras_byol.augment' has no attribute {name!r}")
 
 
-_LUMA = (0.2989, 0.5870, 0.1140)
-_JITTER_PARAMS = ("brightness", "contrast", "saturation", "hue")  # jitter_op indices 0-3
-_NUM_JITTER_OPS = len(_JITTER_PARAMS)
-
-
 def one_view(image, seed, size, config=LINEAR_EVAL_VIEW):
     """One random view (size, size, 3) float32 in [0, 1] of an (H, W, C) image; seed (2,)."""
     image = to_rgb(image)
@@ -60,10 +70,7 @@ def one_view(image, seed, size, config=LINEAR_EVAL_VIEW):
 
 # ---------------------------------------------------------------------------- sampling
 _CROP_ATTEMPTS = 10
-# A view's Bernoulli decisions (each with the probability ViewConfig.<name>_p) and its
-# uniform scalars, in the order they take in the view's one uniform draw.
-_COINS = ("flip", "jitter", "grayscale", "blur", "solarize")
-_RANGES = _JITTER_PARAMS + ("sigma",)
+_CROP_UNIFORMS = 2 * _CROP_ATTEMPTS + 2
 
 
 def sample_crop_box(
@@ -112,52 +119,40 @@ def _crop_box_from_uniforms(u, height, width, area, ratio, attempts):
     return tuple(tf.cast(v, tf.int32) for v in (top, left, crop_h, crop_w))
 
 
-def _ranges(config):
-    """(low, high) of each entry of _RANGES for this config."""
-    return (
-        (-config.brightness, config.brightness),
-        (1 - config.contrast, 1 + config.contrast),
-        (1 - config.saturation, 1 + config.saturation),
-        (-config.hue, config.hue),
-        config.blur_sigma,
-    )
-
-
 def sample_view_params(config, seed, height, width):
     """Every random decision of one view of one image, from one uniform draw.
 
-    One `stateless_uniform` of 2·10 + 2 + 4 + 5 + 5 values holds, in this order, the crop
-    box's uniforms, the four jitter-order keys, one uniform per Bernoulli decision (u < p)
-    and one per scalar range (low + (high − low)·u). (A draw per decision would cost a seed
-    split and an RNG op each, which dominates the views' time at small image sizes.)
+    One `stateless_uniform` holds, in this order, the crop box's 2·10 + 2 uniforms, each
+    op's keys (`views.VIEW_OPS`: the jitter's 4 order keys), one uniform per op for its
+    decision (u < p) and one per scalar range of each op (low + (high − low)·u): 36 values
+    for BYOL's ops. (A draw per decision would cost a seed split and an RNG op each, which
+    dominates the views' time at small image sizes.)
 
     Returns:
-        dict of scalar tensors: crop box (top, left, crop_height, crop_width), flip,
-        jitter, brightness, contrast, saturation, hue, order ((4,) int32 permutation of
-        0 brightness, 1 contrast, 2 saturation, 3 hue), grayscale, blur, sigma, solarize.
+        dict of scalar tensors: the crop box (top, left, crop_height, crop_width), each
+        op's decision (flip, jitter, grayscale, blur, solarize), its ranges (brightness,
+        contrast, saturation, hue, sigma) and key parameters (order: (4,) int32
+        permutation of 0 brightness, 1 contrast, 2 saturation, 3 hue).
     """
-    crop_count = 2 * _CROP_ATTEMPTS + 2
-    u = tf.random.stateless_uniform(
-        (crop_count + _NUM_JITTER_OPS + len(_COINS) + len(_RANGES),), seed=tf.cast(seed, tf.int64)
-    )
-    crop, keys, coins, scalars = tf.split(
-        u, [crop_count, _NUM_JITTER_OPS, len(_COINS), len(_RANGES)]
-    )
+    ops = views.VIEW_OPS
+    ranges = [name for op in ops for name in op.ranges]
+    sizes = [_CROP_UNIFORMS] + [op.keys for op in ops] + [len(ops), len(ranges)]
+    u = tf.random.stateless_uniform((sum(sizes),), seed=tf.cast(seed, tf.int64))
+    crop, *keys, coins, scalars = tf.split(u, sizes)
     top, left, crop_h, crop_w = _crop_box_from_uniforms(
         crop, height, width, config.crop_area, config.crop_ratio, _CROP_ATTEMPTS
     )
-    order = tf.argsort(keys) if config.random_order else tf.range(_NUM_JITTER_OPS)
-    probabilities = tf.constant([getattr(config, f"{name}_p") for name in _COINS])
-    low, high = (tf.constant(bounds) for bounds in zip(*_ranges(config)))
-    return {
-        "top": top,
-        "left": left,
-        "crop_height": crop_h,
-        "crop_width": crop_w,
-        "order": tf.cast(order, tf.int32),
-        **dict(zip(_COINS, tf.unstack(coins < probabilities))),
-        **dict(zip(_RANGES, tf.unstack(low + (high - low) * scalars))),
-    }
+    params = {"top": top, "left": left, "crop_height": crop_h, "crop_width": crop_w}
+    for op, op_keys in zip(ops, keys):
+        if op.keys:
+            params.update(op.tf_keys(op_keys, config))
+    probabilities = tf.constant([getattr(config, op.probability) for op in ops], tf.float32)
+    params.update(zip((op.name for op in ops), tf.unstack(coins < probabilities)))
+    if ranges:
+        bounds = [bound for op in ops for bound in op.bounds(config)]
+        low, high = (tf.constant(b, tf.float32) for b in zip(*bounds))
+        params.update(zip(ranges, tf.unstack(low + (high - low) * scalars)))
+    return params
 
 
 # ----------------------------------------------------------------------------- the ops
@@ -196,114 +191,6 @@ def crop_and_resize(image, top, left, crop_height, crop_width, size):
     return tf.clip_by_value(resized, 0.0, 1.0)
 
 
-def adjust_brightness(image, delta):
-    """x + δ, clipped to [0, 1]."""
-    return tf.clip_by_value(image + delta, 0.0, 1.0)
-
-
-def scale_brightness(image, delta):
-    """x·(1 + δ), clipped to [0, 1] (torchvision's brightness factor 1 + δ)."""
-    return tf.clip_by_value(image * (1.0 + delta), 0.0, 1.0)
-
-
-def adjust_contrast(image, factor):
-    """(x − μ_c)·f + μ_c with μ_c the per-channel mean over the image, clipped.
-
-    TensorFlow's fused AdjustContrastv2 kernel computes exactly this (≈ 3× faster at 224 px
-    than the same formula in separate ops).
-    """
-    return tf.clip_by_value(tf.image.adjust_contrast(image, factor), 0.0, 1.0)
-
-
-def adjust_saturation(image, factor):
-    """HSV saturation S → min(S·f, 1), hue and value kept, clipped.
-
-    TensorFlow's fused AdjustSaturation kernel (one pass, no HSV tensor in memory).
-    """
-    return tf.clip_by_value(tf.image.adjust_saturation(image, factor), 0.0, 1.0)
-
-
-def adjust_hue(image, delta):
-    """HSV hue + δ (mod 1 turn), back to RGB, clipped.
-
-    TensorFlow's fused AdjustHue kernel: equal to rgb_to_hsv → shift → hsv_to_rgb within
-    1e-6 (tested) and ≈ 2.5× faster at 224 px.
-    """
-    return tf.clip_by_value(tf.image.adjust_hue(image, delta), 0.0, 1.0)
-
-
-_NO_JITTER = _NUM_JITTER_OPS  # the op index of "leave the image as it is"
-
-
-def jitter_op(image, op, params, brightness_mode="additive"):
-    """Jitter op number `op` (0 brightness, 1 contrast, 2 saturation, 3 hue, 4 none)."""
-    brightness = adjust_brightness if brightness_mode == "additive" else scale_brightness
-    return tf.switch_case(
-        op,
-        [
-            lambda: brightness(image, params["brightness"]),
-            lambda: adjust_contrast(image, params["contrast"]),
-            lambda: adjust_saturation(image, params["saturation"]),
-            lambda: adjust_hue(image, params["hue"]),
-            lambda: image,
-        ],
-    )
-
-
-# XLA fuses one jitter op's per-pixel work into one loop: on a 2-core CPU the 224 px views
-# went from ≈ 178 to ≈ 230 images/s in tf.data. One op per compiled call: compiling all
-# four slots as one function took 14 s at 224 px (0.5 s for one slot), and at 32 px the
-# call's overhead outweighs the gain. Blur stays out: XLA's CPU convolution is ~10× slower.
-_compiled_jitter_op = tf.function(jitter_op, jit_compile=True)
-COMPILED_MIN_SIZE = 96
-"""tf.data runs the jitter ops XLA-compiled (`compiled=True`) from this view size up."""
-
-
-def color_jitter(image, params, brightness_mode="additive", compiled=False):
-    """The four jitter ops in `params["order"]` (entries 4 are skipped); one op per slot.
-
-    compiled: run each op as an XLA-compiled function (same maths; views within 2e-5,
-        tested).
-    """
-    op_fn = _compiled_jitter_op if compiled else jitter_op
-    for slot in range(_NUM_JITTER_OPS):
-        image = op_fn(image, params["order"][slot], params, brightness_mode)
-    return image
-
-
-def to_grayscale(image):
-    """Luma 0.2989 R + 0.5870 G + 0.1140 B, repeated to 3 channels (one (3, 3) contraction)."""
-    weights = tf.constant([[luma] * 3 for luma in _LUMA], image.dtype)
-    return tf.tensordot(image, weights, axes=1)
-
-
-def gaussian_blur(image, sigma, radius):
-    """Separable Gaussian blur of an (H, W, 3) image, zero 'SAME' padding (official code)."""
-    if radius < 1:
-        return image
-    x = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-(x**2) / (2.0 * sigma**2))
-    kernel /= tf.reduce_sum(kernel)
-    vertical = tf.tile(tf.reshape(kernel, (-1, 1, 1, 1)), [1, 1, 3, 1])
-    horizontal = tf.tile(tf.reshape(kernel, (1, -1, 1, 1)), [1, 1, 3, 1])
-    batch = image[tf.newaxis]
-    batch = tf.nn.depthwise_conv2d(batch, vertical, [1, 1, 1, 1], "SAME")
-    batch = tf.nn.depthwise_conv2d(batch, horizontal, [1, 1, 1, 1], "SAME")
-    return batch[0]
-
-
-def solarize(image, threshold=0.5):
-    """x → 1 − x where x ≥ threshold.
-
-    Written without tf.where (a slow select on CPU): at the paper's threshold 0.5 it is
-    min(x, 1 − x); otherwise x + [x ≥ t]·(1 − 2x).
-    """
-    if isinstance(threshold, (int, float)) and threshold == 0.5:
-        return tf.minimum(image, 1.0 - image)
-    flipped = tf.cast(image >= threshold, image.dtype)
-    return image + flipped * (1.0 - 2.0 * image)
-
-
 def apply_view(image, params, size, config, compiled=False):
     """One view of one (H, W, 3) uint8 or float image with pre-sampled `params`.
 
@@ -316,27 +203,17 @@ def apply_view(image, params, size, config, compiled=False):
 
 
 def finish_view(view, params, size, config, compiled=False):
-    """Everything after the crop: flip, colour jitter, grayscale, blur, solarize, clip.
+    """Everything after the crop: the ops of `views.VIEW_OPS` in order (flip, colour jitter,
+    grayscale, blur, solarize), each where its decision says, then the clip to [0, 1].
 
     compiled: run the jitter ops XLA-compiled (see `color_jitter`).
     """
-    view = tf.cond(params["flip"], lambda: tf.image.flip_left_right(view), lambda: view)
-    if config.jitter_p > 0:
-        order = tf.where(params["jitter"], params["order"], _NO_JITTER)
-        jitter_params = {name: params[name] for name in _JITTER_PARAMS}
-        view = color_jitter(
-            view, {**jitter_params, "order": order}, config.brightness_mode, compiled
-        )
-    if config.grayscale_p > 0:
-        view = tf.cond(params["grayscale"], lambda: to_grayscale(view), lambda: view)
-    radius = blur_radius(size, config.blur_kernel_fraction)
-    if config.blur_p > 0 and radius >= 1:
+    for op in views.active_ops(config, size):
         view = tf.cond(
-            params["blur"], lambda: gaussian_blur(view, params["sigma"], radius), lambda: view
+            params[op.name],
+            lambda op=op, view=view: op.tf_apply(view, params, config, size, compiled),
+            lambda view=view: view,
         )
-    if config.solarize_p > 0:
-        threshold = config.solarize_threshold
-        view = tf.cond(params["solarize"], lambda: solarize(view, threshold), lambda: view)
     view = tf.clip_by_value(view, 0.0, 1.0)
     view.set_shape((size, size, 3))
     return view

@@ -18,8 +18,6 @@ InvalidArgumentError. Grayscale and RGBA images are turned into RGB; images smal
 output are resized up.
 """
 
-import dataclasses
-import difflib
 import logging
 import os
 import random
@@ -28,7 +26,7 @@ import threading
 import numpy as np
 import tensorflow as tf
 
-from keras_byol import augment
+from keras_byol import augment, tfds_records
 from keras_byol.folders import (  # noqa: F401 (public here too)
     IMAGE_EXTENSIONS,
     UNSUPPORTED_IMAGE_EXTENSIONS,
@@ -38,15 +36,18 @@ from keras_byol.folders import (  # noqa: F401 (public here too)
 )
 from keras_byol.image_batches import EVAL_CENTER_CROP as _EVAL_CENTER_CROP
 from keras_byol.image_batches import source_size as _device_source_size
+from keras_byol.sources import (  # noqa: F401 (public here too)
+    checked_image_array,
+    checked_labels,
+    source_from,
+)
+from keras_byol.tfds_records import as_tensors
 
 logger = logging.getLogger("keras_byol")
 
 # What the pipeline of a folder in which too few files decode stops with (InvalidArgumentError).
 NO_READABLE_IMAGE = "no file of a pass over the image folder could be read"
 _MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"BM", b"GIF87a", b"GIF89a")
-_DEFAULT_PRETRAIN_SPLIT = {"stl10": "unlabelled"}
-# tfds files read at once, and records taken from each in turn (tfds' own defaults).
-_TFDS_CYCLE_LENGTH, _TFDS_BLOCK_LENGTH = 16, 16
 _SMALL_IMAGE_MAX = 64  # at or below this output size, eval images are resized, not cropped
 
 
@@ -68,22 +69,7 @@ def labelled_ids(source, split="train"):
     the path (bytes) of a folder's file, the tfds example id (bytes, `tfds_id`: the record
     file and the index in it) of a tensorflow-datasets split. `eval_dataset(..., ids=True)`
     yields the same ids, and label subsets are sets of them."""
-    if isinstance(source, tuple) and len(source) == 2:
-        labels = checked_labels(source[1])
-        return np.arange(len(labels), dtype=np.int64), labels
-    if isinstance(source, np.ndarray):
-        return np.arange(len(source), dtype=np.int64), np.full(len(source), -1, np.int64)
-    if is_folder(source):
-        folder = list_image_folder(source)
-        return folder.paths, folder.labels
-    records = _tfds_records(os.fspath(source), _pretrain_split(source, split), with_ids=True)
-    ids, labels = [], []
-    for batch in records.map(lambda r: (r["id"], r["label"])).batch(4096).as_numpy_iterator():
-        ids.append(batch[0])
-        labels.append(batch[1])
-    if not ids:
-        return np.array([], object), np.array([], np.int64)
-    return np.concatenate(ids), np.concatenate(labels)
+    return source_from(source).ids_and_labels(split)
 
 
 def _member_of(ids):
@@ -99,15 +85,7 @@ def _member_of(ids):
 
 def num_classes(source):
     """Number of classes of a labelled source, or None when it has no labels."""
-    if isinstance(source, tuple) and len(source) == 2:
-        labels = checked_labels(source[1])
-        return int(labels.max()) + 1 if len(labels) and labels.max() >= 0 else None
-    if isinstance(source, np.ndarray):
-        return None
-    if is_folder(source):
-        return len(list_image_folder(source).class_names) or None
-    features = _tfds_builder(os.fspath(source)).info.features
-    return getattr(features["label"], "num_classes", None) if "label" in features else None
+    return source_from(source).num_classes()
 
 
 class BadFiles:
@@ -245,239 +223,9 @@ def _unreadable_reason(path):
     return None
 
 
-def _tfds_builder(name):
-    """The tensorflow-datasets builder called `name`, or a ValueError saying what to pass."""
-    import tensorflow_datasets as tfds
-
-    try:
-        return tfds.builder(name)
-    except Exception as error:  # tfds raises several types for unknown names
-        # tfds appends the list of every data set it knows (hundreds of lines): cut it.
-        text = str(error).split("Available datasets")[0].strip()
-        reason = text.splitlines()[0] if text else type(error).__name__
-        close = difflib.get_close_matches(
-            name.split("/")[0].split(":")[0], tfds.list_builders(), cutoff=0.75
-        )
-        hint = f" Close tfds names: {', '.join(close)}." if close else ""
-        raise ValueError(
-            f"Unknown tensorflow-datasets name {name!r} ({reason}), and there is no folder "
-            f"{name!r} in {os.getcwd()!r}. Pass a folder path, a tfds name such as "
-            f"'cifar10', or an array of images.{hint}"
-        ) from None
-
-
-def _image_builder(name):
-    """The builder of tfds data set `name`, which must have an "image" feature."""
-    builder = _tfds_builder(name)
-    features = builder.info.features
-    if "image" not in features:
-        raise ValueError(f"tfds dataset {name!r} has no 'image' feature; it has {list(features)}.")
-    return builder
-
-
-def _image_and_label(example, has_label):
-    label = tf.cast(example["label"], tf.int64) if has_label else tf.constant(-1, tf.int64)
-    return {"image": example["image"], "label": label}
-
-
-def _tfds_records(name, split, input_context=None, with_ids=False):
-    """A dataset of {"image": encoded bytes, "label": int64[, "id": the tfds example id]}
-    from tensorflow-datasets, read in its files' order."""
-    import tensorflow_datasets as tfds
-
-    builder = _image_builder(name)
-    try:
-        records = builder.as_dataset(
-            split=split,
-            shuffle_files=False,
-            decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=tfds.ReadConfig(input_context=input_context, add_tfds_id=with_ids),
-        )
-    except AssertionError as error:
-        raise ValueError(
-            f"tfds dataset {name!r} is not prepared in {builder.data_dir!r} and cannot be "
-            "downloaded here. Prepare it once where there is network "
-            f"(tfds.builder({name!r}).download_and_prepare()), then copy it or set "
-            "TFDS_DATA_DIR to its folder."
-        ) from error
-    has_label = "label" in builder.info.features
-    ids = (lambda example: {"id": example["tfds_id"]}) if with_ids else (lambda example: {})
-    return records.map(lambda example: {**_image_and_label(example, has_label), **ids(example)})
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class _TfdsFiles:
-    """One input pipeline's TFRecord files of a tfds split, read pass by pass in an order
-    keyed by the pass (tfds' own file shuffle follows the iteration count, so a resumed
-    stream would read its passes in other orders).
-
-    Attributes:
-        paths, skips, takes: (F,) the files and the records read in each (tfds' file
-            instructions: a sliced split such as "train[:10%]" reads parts of files).
-        count: examples this pipeline reads per pass.
-        example_shard: (pipelines, index) when there are fewer files than input pipelines:
-            every pipeline reads all files in their order and keeps every n-th record.
-        features: the tfds features of "image" (and "label") that are parsed.
-    """
-
-    paths: np.ndarray
-    skips: np.ndarray
-    takes: np.ndarray
-    count: int
-    example_shard: tuple | None
-    features: object
-
-    def read(self, key, deterministic):
-        """{"image": encoded bytes, "label": int64} records of one pass: the files in a
-        stateless random order keyed by `key` (file order when sharding by example),
-        `_TFDS_CYCLE_LENGTH` files read in parallel. deterministic=False lets the reads
-        finish in any order (faster when some files are slow)."""
-        import tensorflow_datasets as tfds
-
-        files = tf.range(len(self.paths), dtype=tf.int64)
-        if self.example_shard is None:
-            files = tf.random.experimental.stateless_shuffle(files, seed=key)
-        paths, skips, takes = _as_tensors(
-            {"paths": self.paths, "skips": self.skips, "takes": self.takes}
-        ).values()
-        records = tf.data.Dataset.from_tensor_slices(files).interleave(
-            lambda i: tf.data.TFRecordDataset(paths[i]).skip(skips[i]).take(takes[i]),
-            cycle_length=min(_TFDS_CYCLE_LENGTH, len(self.paths)),
-            block_length=_TFDS_BLOCK_LENGTH,
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic or self.example_shard is not None,
-        )
-        if self.example_shard is not None:
-            records = records.shard(*self.example_shard)
-        has_label = "label" in self.features
-        decoders = {"image": tfds.decode.SkipDecoding()}
-        return records.map(
-            lambda serialized: _image_and_label(
-                self.features.deserialize_example(serialized, decoders=decoders), has_label
-            ),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=deterministic,
-        )
-
-
-def _tfds_files(name, split, input_context):
-    """`_TfdsFiles` of this input pipeline, or None when the split is not in TFRecord files
-    on disk (not prepared, another file format, or a mocked data set)."""
-    import tensorflow_datasets as tfds
-
-    builder = _image_builder(name)
-    info = builder.info
-    if not builder.is_prepared():
-        return None  # the tfds reader says how to prepare it
-    instructions = info.splits[split].file_instructions  # ValueError naming the splits
-    if (
-        not instructions
-        or info.file_format not in (None, tfds.core.FileFormat.TFRECORD)
-        or not tf.io.gfile.exists(instructions[0].filename)
-    ):
-        return None
-    pipelines, index = (
-        (input_context.num_input_pipelines, input_context.input_pipeline_id)
-        if input_context is not None
-        else (1, 0)
-    )
-    example_shard = None
-    if len(instructions) >= pipelines:
-        instructions = instructions[index::pipelines]
-        count = sum(f.take for f in instructions)
-    else:
-        example_shard = (pipelines, index)
-        total = sum(f.take for f in instructions)
-        count = len(range(index, total, pipelines))
-        logger.info(
-            "tfds split %s[%s] has %d files for %d input pipelines: each pipeline reads every "
-            "file and keeps every %d-th example.",
-            name, split, len(instructions), pipelines, pipelines,
-        )  # fmt: skip
-    keys = ["image"] + (["label"] if "label" in info.features else [])
-    return _TfdsFiles(
-        paths=np.array([os.fspath(f.filename) for f in instructions]),
-        skips=np.array([f.skip for f in instructions], np.int64),
-        takes=np.array([f.take for f in instructions], np.int64),
-        count=count,
-        example_shard=example_shard,
-        features=tfds.features.FeaturesDict({key: info.features[key] for key in keys}),
-    )
-
-
 def is_folder(source):
     """Whether a source means a folder (an `ImageFolder`, a path, an existing file or folder)."""
-    if isinstance(source, ImageFolder):
-        return True
-    if not isinstance(source, (str, bytes, os.PathLike)):
-        return False
-    source = os.fsdecode(source)
-    return os.path.isdir(source) or source.startswith(("/", ".", "~")) or os.path.exists(source)
-
-
-def _columns(source, input_context, class_names=None):
-    """(columns, count) of an array or folder source, None for a tensorflow-datasets name.
-
-    columns: {"image": (N, H, W, C) array, "label": (N,) int64} or, for a folder,
-    {"path": (N,) file names, "label": (N,) int64}; one input pipeline's shard of them.
-    class_names: for a folder, the class list its labels index (see `list_image_folder`).
-    """
-    if isinstance(source, tuple) and len(source) == 2:
-        images, labels = source
-    elif isinstance(source, np.ndarray):
-        images, labels = source, None
-    elif isinstance(source, (str, os.PathLike, ImageFolder)):
-        if not is_folder(source):
-            return None
-        folder = list_image_folder(source, class_names)
-        return _shard({"path": folder.paths, "label": folder.labels}, input_context)
-    else:
-        raise TypeError(
-            "source must be a tensorflow-datasets name, a folder path, an array of images "
-            f"(N, H, W[, C]) or an (images, labels) tuple; got {type(source).__name__}."
-        )
-    images = checked_image_array(images)
-    labels = np.full(len(images), -1, np.int64) if labels is None else checked_labels(labels)
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels.")
-    return _shard({"image": images, "label": labels}, input_context)
-
-
-def checked_image_array(images):
-    """`images` as (N, H, W, C) uint8 or float in [0, 1], or a ValueError naming the fix.
-
-    Integer arrays (int64 from NumPy, int32, …) with values in [0, 255] become uint8.
-    Float arrays must be in [0, 1] (up to a resampling overshoot of 0.5): the views clip
-    there, so [0, 255] floats would be mostly white.
-    """
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4 or len(images) == 0 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(
-            "Image arrays must be (N, H, W) or (N, H, W, C) with N ≥ 1 and C ∈ {1, 3, 4}; "
-            f"got {images.shape}."
-        )
-    kind = images.dtype.kind
-    if kind not in "uif":
-        raise ValueError(
-            f"Image arrays must be uint8 or float in [0, 1]; got dtype {images.dtype}."
-        )
-    low, high = float(images.min()), float(images.max())
-    if kind in "ui" and images.dtype != np.uint8:
-        if low < 0 or high > 255:
-            raise ValueError(
-                f"Integer images must hold pixels in [0, 255]; these ({images.dtype}) range "
-                f"over [{low:g}, {high:g}]."
-            )
-        images = images.astype(np.uint8)
-    elif kind == "f" and (high > 1.5 or low < -0.5):
-        fix = "divide by 255 or pass uint8" if high > 1.5 else "pass images before normalization"
-        raise ValueError(
-            f"Float images must be in [0, 1]; these range over [{low:g}, {high:g}] and would be "
-            f"clipped to [0, 1]: {fix}."
-        )
-    return images
+    return source_from(source).kind == "folder"
 
 
 def _refuse_flat_images(images):
@@ -491,44 +239,14 @@ def _refuse_flat_images(images):
         )
 
 
-def checked_labels(labels):
-    """`labels` as (N,) int64 class indices, or a ValueError naming the fix."""
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or (labels.size and labels.dtype.kind not in "uib"):
-        raise ValueError(
-            f"Labels must be a 1-D array of integer class indices (−1 = none); got dtype "
-            f"{labels.dtype}, shape {labels.shape}. Map names to indices: "
-            "classes, labels = np.unique(names, return_inverse=True)."
-        )
-    return labels.astype(np.int64)
-
-
-def _as_tensors(columns):
-    """The columns as eager tensors: the pipeline's functions capture them by reference (a
-    NumPy array would be copied into every function that uses it as a constant)."""
-    return {name: tf.convert_to_tensor(values) for name, values in columns.items()}
-
-
-def _shard(columns, input_context):
-    """This input pipeline's rows (every n-th from its index, like `Dataset.shard`)."""
-    if input_context is not None:
-        step, first = input_context.num_input_pipelines, input_context.input_pipeline_id
-        columns = {name: values[first::step] for name, values in columns.items()}
-    return columns, len(columns["label"])
-
-
-def _pretrain_split(source, split):
-    """The tfds split to pretrain on: `split`, else the data set's default ("train")."""
-    return split or _DEFAULT_PRETRAIN_SPLIT.get(os.fspath(source).split("/")[0], "train")
-
-
 def _records(source, split):
     """{"image": encoded bytes or decoded image, "label": int64, "id"} records of an array
     source or a tfds split (ids as `labelled_ids` gives them); folders are read by their own
     pipelines."""
-    columns = _columns(source, None)
+    source = source_from(source)
+    columns = source.columns()
     if columns is None:
-        return _tfds_records(os.fspath(source), _pretrain_split(source, split), with_ids=True)
+        return tfds_records.read_records(source.name, source.pretrain_split(split), with_ids=True)
     columns, count = columns
     return tf.data.Dataset.from_tensor_slices({**columns, "id": np.arange(count, dtype=np.int64)})
 
@@ -693,11 +411,12 @@ def _pass_maker(
         deterministic = False
     else:
         deterministic = True
-    columns = _columns(source, input_context)
+    source = source_from(source)
+    columns = source.columns(input_context)
     tfds_files = records = None
     if columns is None:
-        name, split = os.fspath(source), _pretrain_split(source, split)
-        tfds_files = _tfds_files(name, split, input_context)
+        name, split = source.name, source.pretrain_split(split)
+        tfds_files = tfds_records.split_files(name, split, input_context)
         if tfds_files is not None:
             examples = tfds_files.count
         else:
@@ -708,12 +427,12 @@ def _pass_maker(
                 name,
                 split,
             )
-            records = _tfds_records(name, split, input_context)
+            records = tfds_records.read_records(name, split, input_context)
             examples = int(records.cardinality())
     else:
         if "image" in columns[0]:
             _refuse_flat_images(columns[0]["image"])
-        columns, examples = _as_tensors(columns[0]), columns[1]
+        columns, examples = as_tensors(columns[0]), columns[1]
     if examples >= 0 and examples < batch_size:
         raise ValueError(
             f"The source has {examples} images, fewer than one batch of {batch_size}: "
@@ -880,14 +599,14 @@ def labelled_train_dataset(
         A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)); the last,
         smaller batch is kept.
     """
-    if is_folder(source):
-        folder = list_image_folder(source)
-        paths, labels = folder.paths, folder.labels
+    source = source_from(source)
+    if source.kind == "folder":
+        paths, labels = source.folder.paths, source.folder.labels
         if subset is not None:
             keep = np.isin(paths, np.asarray(subset, paths.dtype))
             paths, labels = paths[keep], labels[keep]
         count = len(labels)
-        paths, labels = _as_tensors({"path": paths, "label": labels}).values()
+        paths, labels = as_tensors({"path": paths, "label": labels}).values()
         bad_files = bad_files or BadFiles()
 
         def one_pass(pass_seed):
@@ -976,9 +695,10 @@ def eval_dataset(
         A `tf.data.Dataset` of (float32 (B, S, S, 3) in [0, 1], int64 (B,)[, ids (B,)]),
         in the source's order (tfds: its files' order; a folder's bad files left out).
     """
-    columns = _columns(source, input_context, class_names)
+    source = source_from(source, class_names)
+    columns = source.columns(input_context)
     if columns is None:
-        records = _tfds_records(os.fspath(source), split or "test", input_context, with_ids=ids)
+        records = tfds_records.read_records(source.name, split or "test", input_context, ids)
     else:
         (columns, count), bad_files = columns, bad_files or BadFiles()
         records = tf.data.Dataset.from_tensor_slices(columns)

@@ -18,7 +18,7 @@ import sys
 from absl import app, flags
 from absl import logging as absl_logging
 
-from keras_byol import evaluation
+from keras_byol import evaluation, sources
 from keras_byol.workdir import merge_evaluation
 
 FLAGS = flags.FLAGS
@@ -66,19 +66,10 @@ flags.DEFINE_string(
 
 def _sources(dataset, test_dataset, image_size):
     """(train source, test source, train split, test split) for the evaluation."""
-    from keras_byol import experiment  # TensorFlow loads here
-
-    if dataset == experiment.BUNDLED_MNIST:
-        train, test = experiment.bundled_mnist(image_size)
-        return train, test, None, None
-    if os.path.isdir(dataset):
-        if not test_dataset:
-            raise ValueError(
-                f"{dataset!r} is a folder, which has no test split: pass --test_dataset=FOLDER "
-                "with held-out images in the same class subfolders."
-            )
-        return dataset, test_dataset, None, None
-    return dataset, test_dataset or dataset, "train", "test"
+    _, (train, test), (train_split, test_split) = sources.job_sources(
+        dataset, image_size, test_dataset=test_dataset, evaluating=True
+    )
+    return train, test, train_split, test_split
 
 
 def _default_workdir(encoder_path):

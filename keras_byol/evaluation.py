@@ -17,6 +17,7 @@ import zipfile
 import keras
 import numpy as np
 
+from keras_byol import sources
 from keras_byol.callbacks import trained_steps
 
 # Similarities computed at once by the k-NN protocols (a (rows, bank) float32 block and its
@@ -414,16 +415,10 @@ def _fit_and_score(model, train, test, *, epochs, steps_per_epoch, batch_size, l
 
 
 def _listed(train_source, test_source):
-    """The sources with folders listed once (a test folder with the training classes)."""
-    from keras_byol import data  # TensorFlow: optional on JAX
-
-    class_names = None
-    if data.is_folder(train_source):
-        train_source = data.list_image_folder(train_source)
-        class_names = train_source.class_names
-    if data.is_folder(test_source):
-        test_source = data.list_image_folder(test_source, class_names)
-    return train_source, test_source
+    """The sources, a folder listed once (a test folder with the training classes)."""
+    train_source = sources.source_from(train_source)
+    class_names = train_source.class_names if train_source.kind == "folder" else None
+    return train_source, sources.source_from(test_source, class_names)
 
 
 def _eval_batches(source, image_size, split, batch_size=256, subset=None):

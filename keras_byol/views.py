@@ -1,4 +1,10 @@
-"""BYOL's two views on any backend, made inside the compiled train step: Keras layers.
+"""BYOL's view ops, and the two views on any backend made inside the compiled train step.
+
+`ViewConfig` holds every knob of a view; `VIEW_OPS` is the one list of the ops after the
+crop (flip, colour jitter, grayscale, blur, solarize): each `ViewOp` names its config
+fields and the scalars it draws, its TensorFlow kernel (`keras_byol.view_kernels`, run by
+the tf.data views of `keras_byol.augment`) and its Keras layer (run here). Both executors
+walk that list.
 
 `TwoViewAugmenter` maps a batch of raw images to {"view1", "view2"}; each view is a
 `keras.layers.Pipeline` (`view_pipeline`) of image-preprocessing layers, every random
@@ -139,6 +145,163 @@ LINEAR_EVAL_VIEW = ViewConfig(jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solariz
 def blur_radius(size, fraction=0.1):
     """Kernel radius for an output of `size` px: taps = 2·radius + 1 (23 at 224 px)."""
     return int(size * fraction) // 2
+
+
+# ------------------------------------------------------------------------ the view ops
+@dataclasses.dataclass(frozen=True)
+class ViewOp:
+    """One random step of a view after its crop, for both executors: the tf.data views
+    (`keras_byol.augment`, one image at a time) and the views in the step (the Keras layers
+    of `view_pipeline`, a batch at a time). `VIEW_OPS` lists them in the order they apply;
+    adding an op is one entry there (and the `ViewConfig` fields it reads).
+
+    Attributes:
+        name: the key of its decision (applied or not, per image) in the sampled parameters.
+        probability: the `ViewConfig` field holding the chance that an image gets it.
+        ranges: names of the scalars drawn per image, each uniform in its `bounds`.
+        bounds: config → one (low, high) per entry of `ranges`.
+        keys: extra uniforms drawn per image (the jitter's 4 order keys).
+        key_params: the parameters made from the keys (in both executors by the op).
+        enabled: (config, size) → whether the view has this step at all (its probability > 0
+            is checked apart).
+        tf_apply: (view, params, config, size, compiled) → view: the TensorFlow kernel on one
+            (S, S, 3) float32 view, params a dict of this image's scalars (its ranges and
+            key_params); compiled: XLA-compile where it pays (the jitter).
+        tf_keys: (keys, config) → dict of key_params, TensorFlow, one image's keys.
+        keras_layer: (config, size, next_seed) → the Keras layer of this step in a
+            `view_pipeline` (next_seed() gives each random layer its seed, in order). Default:
+            `RandomApply(ViewOpLayer(self, config), probability)`, which draws `ranges` and
+            `keys` per image and applies `keras_apply`.
+        keras_apply: (backend, images, params, config) → images: the Keras-ops kernel on a
+            (B, S, S, 3) float batch, params a dict of (B,) tensors (keys: (B, keys)).
+    """
+
+    name: str
+    probability: str
+    tf_apply: object
+    ranges: tuple = ()
+    bounds: object = lambda config: ()
+    keys: int = 0
+    key_params: tuple = ()
+    enabled: object = lambda config, size: True
+    tf_keys: object = None
+    keras_layer: object = None
+    keras_apply: object = None
+
+    @property
+    def params(self):
+        """The names of the parameters its kernels read besides its decision."""
+        return self.ranges + self.key_params
+
+    def active(self, config, size):
+        """Whether a view of `config` at `size` px has this step."""
+        return getattr(config, self.probability) > 0 and self.enabled(config, size)
+
+    def layer(self, config, size, next_seed):
+        """This step's Keras layer for a `view_pipeline`, tagged with the op."""
+        if self.keras_layer is not None:
+            layer = self.keras_layer(config, size, next_seed)
+        else:
+            inner = ViewOpLayer(
+                self, config, seed=next_seed() if self.ranges or self.keys else None
+            )
+            layer = RandomApply(inner, getattr(config, self.probability), seed=next_seed())
+        layer.view_op = self
+        return layer
+
+
+def _tf_kernels():
+    """keras_byol.view_kernels, the ops' TensorFlow kernels: loaded only when tf.data makes
+    views (this module runs without TensorFlow)."""
+    from keras_byol import view_kernels
+
+    return view_kernels
+
+
+def _flip_layer(config, size, next_seed):
+    if config.flip_p != 0.5:
+        raise ValueError(
+            f"ViewConfig(flip_p={config.flip_p}): the device views flip with Keras' "
+            "RandomFlip, which flips half the images; use flip_p 0.5 or 0, or make these "
+            'views in tf.data (pretrain_dataset(..., augment_on="cpu")).'
+        )
+    return keras.layers.RandomFlip("horizontal", seed=next_seed(), dtype="float32")
+
+
+def _jitter_layer(config, size, next_seed):
+    jitter = ColorJitter(
+        config.brightness,
+        config.contrast,
+        config.saturation,
+        config.hue,
+        config.random_order,
+        config.brightness_mode,
+        seed=next_seed(),
+    )
+    return RandomApply(jitter, config.jitter_p, seed=next_seed())
+
+
+def _blur_layer(config, size, next_seed):
+    blur = GaussianBlur(config.blur_sigma, config.blur_kernel_fraction, seed=next_seed())
+    return RandomApply(blur, config.blur_p, seed=next_seed())
+
+
+VIEW_OPS = [
+    ViewOp(
+        "flip",
+        "flip_p",
+        tf_apply=lambda view, params, config, size, compiled: _tf_kernels().flip(view),
+        keras_layer=_flip_layer,
+    ),
+    ViewOp(
+        "jitter",
+        "jitter_p",
+        ranges=("brightness", "contrast", "saturation", "hue"),
+        bounds=lambda config: (
+            (-config.brightness, config.brightness),
+            (1 - config.contrast, 1 + config.contrast),
+            (1 - config.saturation, 1 + config.saturation),
+            (-config.hue, config.hue),
+        ),
+        keys=4,
+        key_params=("order",),
+        tf_keys=lambda keys, config: {"order": _tf_kernels().jitter_order(keys, config)},
+        tf_apply=lambda view, params, config, size, compiled: _tf_kernels().color_jitter(
+            view, params, config.brightness_mode, compiled
+        ),
+        keras_layer=_jitter_layer,
+    ),
+    ViewOp(
+        "grayscale",
+        "grayscale_p",
+        tf_apply=lambda view, params, config, size, compiled: _tf_kernels().to_grayscale(view),
+        keras_layer=lambda config, size, next_seed: keras.layers.RandomGrayscale(
+            config.grayscale_p, seed=next_seed(), dtype="float32"
+        ),
+    ),
+    ViewOp(
+        "blur",
+        "blur_p",
+        ranges=("sigma",),
+        bounds=lambda config: (config.blur_sigma,),
+        enabled=lambda config, size: blur_radius(size, config.blur_kernel_fraction) >= 1,
+        tf_apply=lambda view, params, config, size, compiled: _tf_kernels().gaussian_blur(
+            view, params["sigma"], blur_radius(size, config.blur_kernel_fraction)
+        ),
+        keras_layer=_blur_layer,
+    ),
+    ViewOp(
+        "solarize",
+        "solarize_p",
+        tf_apply=lambda view, params, config, size, compiled: _tf_kernels().solarize(
+            view, config.solarize_threshold
+        ),
+        keras_layer=lambda config, size, next_seed: RandomApply(
+            Solarize(config.solarize_threshold), config.solarize_p, seed=next_seed()
+        ),
+    ),
+]
+"""BYOL's view ops after the crop, in the order they apply (the paper's, Table 6)."""
 
 
 # ------------------------------------------------------------------------ the layers
@@ -481,6 +644,40 @@ class Solarize(_ViewLayer):
         return {**super().get_config(), "threshold": self.threshold}
 
 
+class ViewOpLayer(_ViewLayer):
+    """The Keras layer of a `ViewOp` that gives a `keras_apply` kernel: draws the op's
+    `ranges` per image (one uniform draw) and applies the kernel. Always applies:
+    `ViewOp.layer` wraps it in `RandomApply` with the op's probability. Built by
+    `view_pipeline` from a `ViewConfig` (a saved `TwoViewAugmenter` rebuilds it so)."""
+
+    def __init__(self, op, config, seed=None, **kwargs):
+        super().__init__(seed=seed, **kwargs)
+        if op.keras_apply is None or op.keys:
+            raise ValueError(
+                f"ViewOp {op.name!r}: the views in the step need its keras_layer, or a "
+                "keras_apply kernel and no keys."
+            )
+        self.op, self.config = op, config
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        if not self.op.ranges:
+            return None
+        images = data["images"] if isinstance(data, dict) else data
+        u = self._uniform((self._batch_size(images), len(self.op.ranges)), seed)
+        return {
+            name: low + (high - low) * u[:, i]
+            for i, (name, (low, high)) in enumerate(
+                zip(self.op.ranges, self.op.bounds(self.config))
+            )
+        }
+
+    def transform_images(self, images, transformation, training=True):
+        return self.op.keras_apply(self.backend, images, transformation or {}, self.config)
+
+    def get_config(self):
+        return {**super().get_config(), "op": self.op.name}
+
+
 @keras.saving.register_keras_serializable(package="keras_byol")
 class RandomApply(_ViewLayer):
     """Applies `layer` to each image with probability `rate`, drawn per image.
@@ -567,12 +764,6 @@ def view_pipeline(config, image_size, seed=None, name=None):
 
     seed: None (non-deterministic) or an int; layer k of the pipeline gets seed + k.
     """
-    if config.flip_p not in (0.0, 0.5):
-        raise ValueError(
-            f"ViewConfig(flip_p={config.flip_p}): the device views flip with Keras' "
-            "RandomFlip, which flips half the images; use flip_p 0.5 or 0, or make these "
-            'views in tf.data (pretrain_dataset(..., augment_on="cpu")).'
-        )
     offsets = itertools.count()
 
     def next_seed():
@@ -580,35 +771,17 @@ def view_pipeline(config, image_size, seed=None, name=None):
         return None if seed is None else seed + offset
 
     layers = [RandomResizedCrop(image_size, config.crop_area, config.crop_ratio, seed=next_seed())]
-    if config.flip_p:
-        layers.append(keras.layers.RandomFlip("horizontal", seed=next_seed(), dtype="float32"))
-    if config.jitter_p:
-        jitter = ColorJitter(
-            config.brightness,
-            config.contrast,
-            config.saturation,
-            config.hue,
-            config.random_order,
-            config.brightness_mode,
-            seed=next_seed(),
-        )
-        layers.append(RandomApply(jitter, config.jitter_p, seed=next_seed()))
-    if config.grayscale_p:
-        layers.append(
-            keras.layers.RandomGrayscale(config.grayscale_p, seed=next_seed(), dtype="float32")
-        )
-    if config.blur_p and blur_radius(image_size, config.blur_kernel_fraction) >= 1:
-        blur = GaussianBlur(config.blur_sigma, config.blur_kernel_fraction, seed=next_seed())
-        layers.append(RandomApply(blur, config.blur_p, seed=next_seed()))
-    if config.solarize_p:
-        solarize = Solarize(config.solarize_threshold)
-        layers.append(RandomApply(solarize, config.solarize_p, seed=next_seed()))
+    layers += [op.layer(config, image_size, next_seed) for op in active_ops(config, image_size)]
     return keras.layers.Pipeline(layers, name=name)
 
 
-# Keras' own layers in a view, and the decision of each (the keys of sample_view_params).
-_KERAS_LAYERS = {keras.layers.RandomFlip: "flip", keras.layers.RandomGrayscale: "grayscale"}
-_DECISIONS = ("flip", "jitter", "grayscale", "blur", "solarize")
+def active_ops(config, size):
+    """The `VIEW_OPS` that a view of `config` at `size` px applies, in order."""
+    return [op for op in VIEW_OPS if op.active(config, size)]
+
+
+# Keras' own layers in a view (they draw for the batch they see); ours draw per replica.
+_KERAS_LAYERS = (keras.layers.RandomFlip, keras.layers.RandomGrayscale)
 
 
 def _keras_decisions(layer, batch_size):
@@ -629,22 +802,20 @@ def _keras_transformation(layer, decisions, images):
 def sample_view_params(pipeline, batch_size, height, width):
     """Every random decision of `batch_size` views of a `view_pipeline`, as numpy arrays.
 
-    Returns {"top", "left", "crop_height", "crop_width", "flip", "jitter", "brightness",
-    "contrast", "saturation", "hue", "order", "grayscale", "blur", "sigma", "solarize"}
-    (the keys of `augment.sample_view_params`; a step the config leaves out reads False),
-    drawn as the layers draw them (for the statistical tests of the views).
+    Returns {"top", "left", "crop_height", "crop_width"} and, for each op of `VIEW_OPS`, its
+    decision and parameters (the keys of `augment.sample_view_params`; an op the config
+    leaves out reads False), drawn as the layers draw them (for the statistical tests).
     """
-    params = {key: np.zeros(batch_size, bool) for key in _DECISIONS}
+    params = {op.name: np.zeros(batch_size, bool) for op in VIEW_OPS}
     small = np.zeros((batch_size, 1, 1, 3), "float32")
     for layer in pipeline.layers:
         if isinstance(layer, RandomResizedCrop):
             params.update(layer.sample_boxes(batch_size, height, width))
-        elif isinstance(layer, tuple(_KERAS_LAYERS)):
-            params[_KERAS_LAYERS[type(layer)]] = _keras_decisions(layer, batch_size)
-        elif isinstance(layer, RandomApply):
+        elif isinstance(layer, _KERAS_LAYERS):
+            params[layer.view_op.name] = _keras_decisions(layer, batch_size)
+        else:
             drawn = layer.get_random_transformation(small)
-            key = {ColorJitter: "jitter", GaussianBlur: "blur", Solarize: "solarize"}
-            params[key[type(layer.layer)]] = drawn["applied"]
+            params[layer.view_op.name] = drawn["applied"]
             params.update(drawn["inner"] or {})
     return {
         key: np.asarray(value).reshape(batch_size, -1).squeeze(-1)
@@ -658,24 +829,18 @@ def apply_view_params(pipeline, images, params):
     """The views of `images` by a `view_pipeline` with the decisions `params` (the dict of
     `sample_view_params`, one entry per image) instead of the layers' own draws."""
     for layer in pipeline.layers:
+        op = getattr(layer, "view_op", None)
         if isinstance(layer, RandomResizedCrop):
             transformation = {
                 key: params[key] for key in ("top", "left", "crop_height", "crop_width")
             }
-        elif isinstance(layer, tuple(_KERAS_LAYERS)):
-            decisions = params[_KERAS_LAYERS[type(layer)]]
-            transformation = _keras_transformation(layer, decisions, images)
-        elif isinstance(layer, RandomApply):
-            names = {
-                ColorJitter: ("jitter", _JITTER_PARAMS + ("order",)),
-                GaussianBlur: ("blur", ("sigma",)),
-                Solarize: ("solarize", ()),
-            }
-            key, inner = names[type(layer.layer)]
-            inner = {name: params[name] for name in inner} or None
-            transformation = {"applied": params[key], "inner": inner}
-        else:
+        elif op is None:
             raise TypeError(f"apply_view_params takes a view_pipeline; found {layer.name}.")
+        elif isinstance(layer, _KERAS_LAYERS):
+            transformation = _keras_transformation(layer, params[op.name], images)
+        else:
+            inner = {name: params[name] for name in op.params} or None
+            transformation = {"applied": params[op.name], "inner": inner}
         images = layer.transform_images(images, transformation)
     return images
 
@@ -776,7 +941,7 @@ class TwoViewAugmenter(keras.layers.Layer):
         # global batch here and keep this replica's rows (ours split in `replica_slice`).
         batch = keras.ops.shape(images)[0]
         for layer in pipeline.layers:
-            if isinstance(layer, tuple(_KERAS_LAYERS)):
+            if isinstance(layer, _KERAS_LAYERS):
                 decisions = replica_slice(lambda n, layer=layer: _keras_decisions(layer, n), batch)
                 images = layer.transform_images(
                     images, _keras_transformation(layer, decisions, images)

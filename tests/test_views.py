@@ -97,6 +97,78 @@ def test_views_equal_the_tfdata_views_for_the_same_decisions(config, size):
         assert 0 < np.mean(params[key]) < 1 or getattr(config, f"{key}_p") in (0, 1), key
 
 
+# ------------------------------------------------ a new view op, added in one place
+FadeConfig = dataclasses.make_dataclass(
+    "FadeConfig", [("fade_p", float, 0.0)], bases=(views.ViewConfig,), frozen=True
+)
+FADE = views.ViewOp(
+    "fade",
+    "fade_p",
+    ranges=("strength",),
+    bounds=lambda config: ((0.2, 0.6),),
+    tf_apply=lambda view, params, config, size, compiled: view * params["strength"],
+    keras_apply=lambda backend, images, params, config: (
+        images * backend.numpy.reshape(params["strength"], (-1, 1, 1, 1))
+    ),
+)
+
+
+def _fade_factors(faded, plain):
+    """Per image, faded / plain where plain is bright enough: one factor per image."""
+    ratios = []
+    for f, p in zip(np.asarray(faded), np.asarray(plain)):
+        bright = p > 0.05
+        assert bright.any()
+        r = f[bright] / p[bright]
+        np.testing.assert_allclose(r, r.mean(), rtol=1e-4)
+        ratios.append(r.mean())
+    return np.array(ratios)
+
+
+def test_a_view_op_added_to_the_registry_runs_in_both_executors(monkeypatch):
+    """One `ViewOp` entry (its config field on a ViewConfig, its ranges, a TensorFlow and a
+    Keras-ops kernel) and nothing else: the tf.data views and the views in the step both
+    apply it where its decision says, with a strength drawn per image in its bounds."""
+    monkeypatch.setattr(views, "VIEW_OPS", [*views.VIEW_OPS, FADE])
+    off = FadeConfig(flip_p=0.0, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+    on = dataclasses.replace(off, fade_p=1.0)
+    images = np.random.default_rng(4).integers(30, 256, (6, 30, 26, 3), dtype=np.uint8)
+
+    # tf.data: the same seed gives the same crop; the op scales each view by its strength.
+    def tfdata(config):
+        return np.stack(
+            [
+                augment.two_views(tf.constant(image), tf.constant([i, 1]), 16, config, config)[
+                    "view1"
+                ].numpy()
+                for i, image in enumerate(images)
+            ]
+        )
+
+    factors = _fade_factors(tfdata(on), tfdata(off))
+    assert np.all((factors >= 0.2) & (factors <= 0.6)) and np.ptp(factors) > 0.05
+    params = augment.sample_view_params(on, tf.constant([0, 1]), 30, 26)
+    assert bool(params["fade"]) and 0.2 <= float(params["strength"]) <= 0.6
+
+    # The Keras layers: the same crop seeds; the op's layer draws per image.
+    def device(config):
+        return views.TwoViewAugmenter(config, config, image_size=16, seed=7)(images)["view1"]
+
+    factors = _fade_factors(device(on), device(off))
+    assert np.all((factors >= 0.2) & (factors <= 0.6)) and np.ptp(factors) > 0.05
+    pipeline = views.view_pipeline(dataclasses.replace(on, fade_p=0.5), 16, seed=2)
+    drawn = views.sample_view_params(pipeline, 200, 30, 26)
+    assert 0.35 < drawn["fade"].mean() < 0.65 and drawn["strength"].shape == (200,)
+    first = {key: value[:6] for key, value in drawn.items()}
+    faded = first["fade"]
+    assert faded.any() and not faded.all()
+    decided = views.apply_view_params(pipeline, images, first)
+    plain = views.apply_view_params(pipeline, images, {**first, "fade": np.zeros(6, bool)})
+    factors = _fade_factors(decided, plain)
+    np.testing.assert_allclose(factors[faded], first["strength"][faded], rtol=1e-4)
+    np.testing.assert_allclose(factors[~faded], 1.0, rtol=1e-6)
+
+
 # ------------------------------------------------ the views' distribution, two-sample
 def _colourful_image(height=48, width=40):
     """A deterministic RGB image with gradients, edges and saturated colours."""
