@@ -153,12 +153,11 @@ def test_a_second_run_in_a_busy_workdir_is_refused_and_leftovers_are_cleaned(tmp
 
 
 @pytest.mark.slow
-def test_a_full_disk_during_a_checkpoint_keeps_the_old_one_and_no_partial_file(tmp_path):
+def test_a_full_disk_during_a_checkpoint_keeps_the_old_one_and_no_partial_file(smoke_run):
     """A file size limit (RLIMIT_FSIZE, no root needed) makes the checkpoint write fail
     with EFBIG, the error a full disk gives as ENOSPC, on the same code path."""
-    workdir = tmp_path / "run"
-    code, _, stderr = _run("train", *QUICK_RUN, f"--workdir={workdir}")
-    assert code == 0, stderr[-3000:]
+    workdir, _ = smoke_run  # finished: 6 steps
+    extend = ["--flagfile=configs/smoke.cfg", "--epochs=3", "--noevaluate", f"--workdir={workdir}"]
     checkpoint = workdir / "checkpoint" / "byol.keras"
     saved = checkpoint.read_bytes()
     limit = len(saved) // 2
@@ -166,12 +165,12 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_old_one_and_no_partial_file(t
     def small_disk():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    result = _run("train", *QUICK_RUN, "--epochs=2", f"--workdir={workdir}", preexec_fn=small_disk)
+    result = _run("train", *extend, preexec_fn=small_disk)
     _refused(result, f"Could not write '{checkpoint}' (File too large)", "keeps its previous")
     assert checkpoint.read_bytes() == saved
     assert not _temporaries(workdir)
-    code, stdout, stderr = _run("train", *QUICK_RUN, "--epochs=2", f"--workdir={workdir}")
-    assert code == 0 and "Resuming from" in stdout and "at step 3" in stdout, stderr[-3000:]
+    code, stdout, stderr = _run("train", *extend)
+    assert code == 0 and "Resuming from" in stdout and "at step 6" in stdout, stderr[-3000:]
 
 
 def _make_read_only(folder):
@@ -210,31 +209,27 @@ def test_workdir_that_is_a_file_read_only_or_a_missing_folder_name_gives_one_mes
 
 # ------------------------------------------------------------------ garbage kept as good
 @pytest.mark.slow
-def test_divergence_keeps_only_finite_checkpoints_and_its_advice_resumes(tmp_path):
-    good, fresh = tmp_path / "good", tmp_path / "fresh"
+def test_divergence_keeps_only_finite_checkpoints_and_its_advice_resumes(smoke_run, tmp_path):
+    good, fresh = smoke_run[0], tmp_path / "fresh"
     # From scratch at 1e5 with a checkpoint every step: the variances blow up while the
     # loss is still finite; no checkpoint with an inf/NaN is ever written.
-    results = _run_all(
-        ("train", *QUICK_RUN, f"--workdir={good}"),
-        ("train", *QUICK_RUN, "--epochs=3", "--learning_rate=1e5", "--checkpoint_every_steps=1",
-         f"--workdir={fresh}"),
-    )  # fmt: skip
-    assert results[0][0] == 0, results[0][2][-3000:]
-    _refused(results[1], "Training diverged at optimizer step", "The learning rate there was")
+    result = _run("train", *QUICK_RUN, "--epochs=3", "--learning_rate=1e5",
+                  "--checkpoint_every_steps=1", f"--workdir={fresh}")  # fmt: skip
+    _refused(result, "Training diverged at optimizer step", "The learning rate there was")
     kept = keras.models.load_model(fresh / "checkpoint" / "byol.keras")
     assert callbacks.non_finite_variables(kept) == []
-    assert f"(step {int(kept.optimizer.iterations)}), is kept" in results[1][2]
-    # A finished good epoch, then an extension at a rate that diverges: the good
+    assert f"(step {int(kept.optimizer.iterations)}), is kept" in result[2]
+    # A finished good run (6 steps), then an extension at a rate that diverges: the good
     # checkpoint stays byte-identical and the advised rerun resumes from it and finishes.
     checkpoint = good / "checkpoint" / "byol.keras"
     saved = checkpoint.read_bytes()
-    result = _run("train", *QUICK_RUN, "--epochs=3", "--learning_rate=1e30", f"--workdir={good}")
-    _refused(result, "(step 3), is kept", "--learning_rate=0.2")
+    extend = ["--flagfile=configs/smoke.cfg", "--epochs=3", "--noevaluate", f"--workdir={good}"]
+    result = _run("train", *extend, "--learning_rate=1e30")
+    _refused(result, "(step 6), is kept", "--learning_rate=0.2")
     assert checkpoint.read_bytes() == saved
-    code, stdout, stderr = _run("train", *QUICK_RUN, "--epochs=3", "--learning_rate=0.2",
-                                f"--workdir={good}")  # fmt: skip
+    code, stdout, stderr = _run("train", *extend, "--learning_rate=0.2")
     assert code == 0, stderr[-3000:]
-    assert "Resuming from" in stdout and "at step 3" in stdout and "Done: 9 steps" in stdout
+    assert "Resuming from" in stdout and "at step 6" in stdout and "Done: 9 steps" in stdout
 
 
 def _model():
