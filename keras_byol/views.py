@@ -170,10 +170,10 @@ class ViewOp:
         tf_keys: (keys, config) → dict of key_params, TensorFlow, one image's keys.
         keras_layer: (config, size, next_seed) → the Keras layer of this step in a
             `view_pipeline` (next_seed() gives each random layer its seed, in order). Default:
-            `RandomApply(ViewOpLayer(self, config), probability)`, which draws `ranges` and
-            `keys` per image and applies `keras_apply`.
+            `RandomApply(ViewOpLayer(self, config), probability)`, which draws `ranges` per
+            image and applies `keras_apply` (an op with keys gives its own keras_layer).
         keras_apply: (backend, images, params, config) → images: the Keras-ops kernel on a
-            (B, S, S, 3) float batch, params a dict of (B,) tensors (keys: (B, keys)).
+            (B, S, S, 3) float batch, params a dict of (B,) tensors.
     """
 
     name: str
@@ -202,9 +202,7 @@ class ViewOp:
         if self.keras_layer is not None:
             layer = self.keras_layer(config, size, next_seed)
         else:
-            inner = ViewOpLayer(
-                self, config, seed=next_seed() if self.ranges or self.keys else None
-            )
+            inner = ViewOpLayer(self, config, seed=next_seed() if self.ranges else None)
             layer = RandomApply(inner, getattr(config, self.probability), seed=next_seed())
         layer.view_op = self
         return layer

@@ -646,8 +646,8 @@ def test_ctrl_c_says_where_the_run_resumes_and_the_rerun_does(tmp_path):
             break
     time.sleep(1)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 130, stderr[-3000:]
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130, stdout[-2000:] + stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
     assert "Interrupted at optimizer step" in stderr
     assert "rerun the same command to resume from" in stderr

@@ -27,9 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_TESTS = [
     "tests/test_model.py",
     "tests/test_views.py",
-    "tests/test_accumulation.py",
-    "tests/test_long_runs.py",
-    "tests/test_normalization.py",
+    # the smaller files in one subprocess (each subprocess imports TensorFlow, Keras and JAX)
+    "tests/test_accumulation.py tests/test_long_runs.py tests/test_normalization.py "
     "tests/test_optimizers.py",
 ]
 
@@ -46,11 +45,11 @@ def _run(args, **env):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("path", SHARED_TESTS)
+@pytest.mark.parametrize("path", SHARED_TESTS, ids=["model", "views", "smaller_files"])
 def test_shared_tests_pass_on_the_jax_backend(path):
     result = _run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not one_backend",
-         path],
+         *path.split()],
         KERAS_BACKEND="jax",
     )  # fmt: skip
     tail = result.stdout[-4000:] + result.stderr[-2000:]
@@ -262,10 +261,12 @@ def test_gpu_benchmark_step_runs_without_tensorflow():
 
 
 @pytest.mark.slow
-def test_the_job_exports_evaluates_and_resumes_on_jax(tmp_path):
+def test_the_job_exports_and_evaluates_on_jax(tmp_path):
     """`KERAS_BACKEND=jax python -m keras_byol.train` end to end: train, the SavedModel
     export (jax2tf inside), the job's evaluation, `keras_byol.evaluate` on the export under
-    JAX, then an extension; the export serves in TensorFlow what the saved encoder computes."""
+    JAX; the export serves in TensorFlow what the saved encoder computes. (Resuming is the
+    backend-free job code tested on TensorFlow; a saved model continuing on JAX is in the
+    shared tests.)"""
     workdir = tmp_path / "run"
     job = [sys.executable, "-m", "keras_byol.train", "--flagfile=configs/smoke.cfg",
            f"--workdir={workdir}", "--eval_epochs=1"]  # fmt: skip
@@ -283,11 +284,6 @@ def test_the_job_exports_evaluates_and_resumes_on_jax(tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     knn = json.loads((workdir / "eval.json").read_text())["knn"]
     assert knn["step"] == 6 and 0.0 <= knn["top1"] <= 1.0
-    extended = _run([*job, "--epochs=3", "--noevaluate"], KERAS_BACKEND="jax")
-    assert extended.returncode == 0, extended.stderr[-3000:]
-    assert "Resuming from" in extended.stdout and "Done: 9 steps" in extended.stdout
-    report = json.loads((workdir / "eval.json").read_text())
-    assert "knn" not in report and report["earlier_steps"]["6"]["knn"] == knn
     # The export written under JAX, served by TensorFlow, against the encoder of the saved
     # model loaded here (this process runs the TensorFlow backend).
     assert keras.backend.backend() == "tensorflow"
@@ -296,4 +292,4 @@ def test_the_job_exports_evaluates_and_resumes_on_jax(tmp_path):
     x = np.random.default_rng(0).random((5, 16, 16, 3), dtype=np.float32)
     gap = np.abs(served.serve(x).numpy() - model.encoder(x, training=False).numpy()).max()
     result = {"gap": float(gap), "step": int(model.optimizer.iterations)}
-    assert result["step"] == 9 and result["gap"] < 1e-5, result
+    assert result["step"] == 6 and result["gap"] < 1e-5, result
