@@ -73,11 +73,3 @@ def smoke_run(_finished_smoke_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(source, workdir)
     return workdir, stdout
-
-
-def pytest_collection_modifyitems(items):
-    """The tests of one finished smoke run go to one xdist worker (`--dist loadgroup`, set
-    in setup.cfg): it trains the run once instead of once per worker."""
-    for item in items:
-        if "smoke_run" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("smoke_run"))

@@ -636,11 +636,18 @@ def test_eval_json_says_which_step_each_entry_measured(smoke_run):
     _refused((code, "", stderr), "the encoder takes 16×16 images: omit --image_size")
 
 
+def _interruptible():
+    """In the child before exec: SIGINT delivered and at its default, as in a terminal (a
+    child inherits an ignored or blocked SIGINT from the process that starts it)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_says_where_the_run_resumes_and_the_rerun_does(tmp_path):
     workdir = tmp_path / "run"
     flags = [*QUICK_RUN, "--epochs=30", "--checkpoint_every_steps=1", f"--workdir={workdir}"]
-    process = _start("train", *flags)
+    process = _start("train", *flags, preexec_fn=_interruptible)
     for line in process.stdout:  # interrupted once the first epoch ended (3 steps)
         if line.startswith("epoch 1:"):
             break
