@@ -174,19 +174,20 @@ class TfdsSource:
             return np.array([], object), np.array([], np.int64)
         return np.concatenate(ids), np.concatenate(labels)
 
-    def num_classes(self):
+    @functools.cached_property
+    def _label_feature(self):
+        """The data set's "label" feature, or None (its builder is read once)."""
         from keras_byol import tfds_records  # TensorFlow and tfds load here
 
         features = tfds_records.tfds_builder(self.name).info.features
-        return getattr(features["label"], "num_classes", None) if "label" in features else None
+        return features["label"] if "label" in features else None
+
+    def num_classes(self):
+        return getattr(self._label_feature, "num_classes", None)
 
     @property
     def class_names(self):
-        from keras_byol import tfds_records  # TensorFlow and tfds load here
-
-        features = tfds_records.tfds_builder(self.name).info.features
-        label = features["label"] if "label" in features else None
-        return list(getattr(label, "names", None) or [])
+        return list(getattr(self._label_feature, "names", None) or [])
 
     def columns(self, input_context=None):
         """None: a tfds split is read as records (`keras_byol.tfds_records`)."""
